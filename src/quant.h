@@ -73,4 +73,24 @@ void quant_int8_quantize_rows(const float *w, uint64_t rows, uint64_t cols, int8
 void quant_int8_dequantize_rows(const int8_t *cb, const float *scb, uint64_t rows, uint64_t cols,
                                 float *w);
 
+/* Rules for comparing our codes with bitsandbytes' (fixture tests): a code
+ * may differ from bitsandbytes' only where our scaled value is within `ulps`
+ * f32 ulps of a decision boundary; these say whether it is. NaN is never
+ * near (it codes to 0 on both sides).
+ *
+ * The GPU scales by a faithfully rounded approximate reciprocal (error < 1
+ * ulp), so in the worst case its scaled value sits 2 ulp from our exactly
+ * divided one (x * rcp(a) vs x / a; 127 * rcp(scb) vs 127 / scb for int8):
+ * QUANT_GPU_RCP_ULPS. Against the real bitsandbytes fixtures every difference
+ * is within QUANT_BNB_ULPS = 1, the bound the tests enforce there. */
+#define QUANT_GPU_RCP_ULPS 2
+#define QUANT_BNB_ULPS 1
+/* s = x / absmax near a threshold of `t` (FP4: |s| near a T_k, or s a nonzero
+ * subnormal, whose sign the GPU's flush-to-zero drops). */
+bool quant_4bit_near_threshold(quant_4bit_type t, float s, int ulps);
+/* s = C / absmax2 near a decision midpoint f32((map[k]+map[k+1])*0.5f). */
+bool quant_dq_near_midpoint(float s, const float map[256], int ulps);
+/* v = w * (127 / scb) near a rounding boundary n + 0.5. */
+bool quant_int8_near_half(float v, int ulps);
+
 #endif

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <ftw.h>
 #include <math.h>
@@ -124,4 +126,50 @@ int tu_run(Suite *s)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+int tu_write_safetensors(const char *path, const tu_st_tensor *t, int n)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+    cJSON_AddStringToObject(meta, "format", "pt");
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
+        cJSON_AddStringToObject(e, "dtype", t[i].dtype);
+        cJSON *sh = cJSON_AddArrayToObject(e, "shape");
+        for (int d = 0; d < t[i].ndim; d++)
+            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t[i].shape[d]));
+        cJSON *o = cJSON_AddArrayToObject(e, "data_offsets");
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(o, cJSON_CreateNumber((double)(off + t[i].nbytes)));
+        off += t[i].nbytes;
+    }
+    char *js = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!js)
+        return -1;
+    /* The header is padded with spaces to a multiple of 8, as the Python
+     * writer does. */
+    size_t hl = strlen(js), padded = (hl + 7) / 8 * 8;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        free(js);
+        return -1;
+    }
+    unsigned char le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    int ok = fwrite(le, 1, 8, f) == 8 && fwrite(js, 1, hl, f) == hl;
+    for (size_t i = hl; ok && i < padded; i++)
+        ok = fputc(' ', f) != EOF;
+    for (int i = 0; ok && i < n; i++) {
+        if (t[i].data)
+            ok = t[i].nbytes == 0 || fwrite(t[i].data, 1, t[i].nbytes, f) == t[i].nbytes;
+        else /* NULL data: that many zero bytes */
+            for (uint64_t b = 0; ok && b < t[i].nbytes; b++)
+                ok = fputc(0, f) != EOF;
+    }
+    free(js);
+    return (fclose(f) == 0 && ok) ? 0 : -1;
 }

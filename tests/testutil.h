@@ -29,4 +29,17 @@ float tu_normal(tu_rng *r);              /* standard normal */
 /* Run a suite and return the process exit status (0 when all passed). */
 int tu_run(Suite *s);
 
+
+
+/* Write a .safetensors file from `n` tensors (raw little-endian data). */
+typedef struct tu_st_tensor {
+    const char *name;
+    const char *dtype; /* "F32", "F16", "BF16", "I8", "U8", "F64", ... */
+    int ndim;
+    uint64_t shape[4];
+    const void *data; /* NULL: nbytes zero bytes */
+    uint64_t nbytes;
+} tu_st_tensor;
+int tu_write_safetensors(const char *path, const tu_st_tensor *t, int n);
+
 #endif

@@ -1,0 +1,228 @@
+/* The Falcon family: FalconForCausalLM and the original custom-code
+ * RWForCausalLM checkpoints (model_type RefinedWeb / RefinedWebModel).
+ * Config keys and defaults follow transformers' FalconConfig; old key names
+ * are read the way transformers' convert_custom_code_checkpoint.py renames
+ * them (n_embed, n_layer, n_head, n_head_kv; n_head_kv present means the new
+ * decoder architecture). Tensor names follow modeling_falcon.py. */
+#include <cjson/cJSON.h>
+#include <string.h>
+
+#include "families.h"
+
+static bool falcon_old_form(const cJSON *cfg)
+{
+    return qcfg_has_architecture(cfg, "RWForCausalLM") || qcfg_model_type_is(cfg, "RefinedWeb") ||
+           qcfg_model_type_is(cfg, "RefinedWebModel");
+}
+
+static bool falcon_matches(const cJSON *config)
+{
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(config, "architectures");
+    if (cJSON_IsArray(arch) && cJSON_GetArraySize(arch) > 0)
+        return qcfg_has_architecture(config, "FalconForCausalLM") ||
+               qcfg_has_architecture(config, "RWForCausalLM");
+    return qcfg_model_type_is(config, "falcon") || qcfg_model_type_is(config, "RefinedWeb") ||
+           qcfg_model_type_is(config, "RefinedWebModel");
+}
+
+/* The first of two spellings present; `canonical` (used in messages) when
+ * neither is. */
+static const char *pick(const cJSON *cfg, const char *first, const char *second,
+                        const char *canonical)
+{
+    return qcfg_has(cfg, first) ? first : qcfg_has(cfg, second) ? second : canonical;
+}
+
+static cJSON *falcon_read_config(const cJSON *cfg, qerr *err)
+{
+    if (!cJSON_IsObject(cfg)) {
+        qerr_set(err, QRUN_ERR_FORMAT, "config.json: not a JSON object");
+        return NULL;
+    }
+    bool old = falcon_old_form(cfg);
+    const char *arch = qcfg_has_architecture(cfg, "FalconForCausalLM") ? "FalconForCausalLM"
+                       : qcfg_has_architecture(cfg, "RWForCausalLM")   ? "RWForCausalLM"
+                                                                       : "FalconForCausalLM";
+    /* FalconConfig: n_embed, when given, overrides hidden_size. */
+    const char *k_hidden = pick(cfg, "n_embed", "hidden_size", "hidden_size");
+    const char *k_layers = pick(cfg, "num_hidden_layers", "n_layer", "num_hidden_layers");
+    const char *k_heads = pick(cfg, "num_attention_heads", "n_head", "num_attention_heads");
+    const char *k_kv = pick(cfg, "num_kv_heads", "n_head_kv", "num_kv_heads");
+
+    int64_t V, H, L, Hq, kv_cfg, F, max_pos, num_ln = 0;
+    double eps;
+    bool new_arch, mq, parallel, bias, alibi, tie;
+    const char *act;
+    if (!qcfg_int(cfg, "vocab_size", true, 0, 1, &V, err) ||
+        !qcfg_int(cfg, k_hidden, true, 0, 1, &H, err) ||
+        !qcfg_int(cfg, k_layers, true, 0, 1, &L, err) ||
+        !qcfg_int(cfg, k_heads, true, 0, 1, &Hq, err) ||
+        !qcfg_int(cfg, k_kv, false, Hq, 1, &kv_cfg, err) ||
+        !qcfg_int(cfg, "ffn_hidden_size", false, 4 * H, 1, &F, err) ||
+        !qcfg_int(cfg, "max_position_embeddings", false, 2048, 1, &max_pos, err) ||
+        !qcfg_num(cfg, "layer_norm_epsilon", false, 1e-5, true, &eps, err) ||
+        !qcfg_bool(cfg, "new_decoder_architecture", old && qcfg_has(cfg, "n_head_kv"), &new_arch,
+                   err) ||
+        !qcfg_bool(cfg, "multi_query", true, &mq, err) ||
+        !qcfg_bool(cfg, "parallel_attn", true, &parallel, err) ||
+        !qcfg_bool(cfg, "bias", false, &bias, err) || !qcfg_bool(cfg, "alibi", false, &alibi, err) ||
+        !qcfg_bool(cfg, "tie_word_embeddings", true, &tie, err) ||
+        !qcfg_str(cfg, "activation", "gelu", &act, err))
+        return NULL;
+    bool has_num_ln = qcfg_has(cfg, "num_ln_in_parallel_attn");
+    if (has_num_ln && !qcfg_int(cfg, "num_ln_in_parallel_attn", true, 0, 1, &num_ln, err))
+        return NULL;
+    if (has_num_ln && num_ln > 2) {
+        qerr_set(err, QRUN_ERR_FORMAT, "config.json: \"num_ln_in_parallel_attn\" must be 1 or 2");
+        return NULL;
+    }
+    if (!has_num_ln)
+        num_ln = new_arch ? 2 : 1; /* FalconDecoderLayer: None -> 2 for the new architecture */
+
+    if (H % Hq != 0) {
+        qerr_set(err, QRUN_ERR_FORMAT,
+                 "config.json: \"%s\" %lld is not a multiple of \"%s\" %lld", k_hidden,
+                 (long long)H, k_heads, (long long)Hq);
+        return NULL;
+    }
+    int64_t D = H / Hq;
+    if (strcmp(act, "gelu") != 0) {
+        qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                 "config.json: \"activation\" \"%.32s\" is not supported (gelu)", act);
+        return NULL;
+    }
+    /* Effective KV heads (FalconAttention). */
+    int64_t Hkv;
+    const char *qkv_layout;
+    if (new_arch) {
+        Hkv = kv_cfg;
+        qkv_layout = "grouped";
+        if (Hkv > Hq || Hq % Hkv != 0) {
+            qerr_set(err, QRUN_ERR_FORMAT,
+                     "config.json: \"%s\" %lld is not a multiple of \"%s\" %lld", k_heads,
+                     (long long)Hq, k_kv, (long long)Hkv);
+            return NULL;
+        }
+        if (!parallel) {
+            /* transformers builds input/post_attention layer norms but the new
+             * architecture's forward never uses them: such a model cannot run. */
+            qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                     "config.json: \"new_decoder_architecture\" true with \"parallel_attn\" false "
+                     "is not supported");
+            return NULL;
+        }
+    } else if (mq) {
+        Hkv = 1;
+        qkv_layout = "multi_query";
+    } else {
+        Hkv = Hq;
+        qkv_layout = "interleaved";
+        if (kv_cfg != Hq) {
+            qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                     "config.json: \"%s\" %lld differs from \"%s\" %lld without "
+                     "new_decoder_architecture or multi_query (not supported by transformers)",
+                     k_kv, (long long)kv_cfg, k_heads, (long long)Hq);
+            return NULL;
+        }
+    }
+    const char *norm_layout;
+    if (!parallel)
+        norm_layout = "sequential";
+    else if (num_ln == 2) {
+        if (!new_arch) {
+            qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                     "config.json: \"num_ln_in_parallel_attn\" 2 needs new_decoder_architecture "
+                     "(transformers cannot run this combination)");
+            return NULL;
+        }
+        norm_layout = "parallel_two";
+    } else
+        norm_layout = "parallel_single";
+
+    cJSON *rope;
+    if (alibi) {
+        rope = cJSON_CreateObject();
+        if (rope && !qhp_set_str(rope, "type", "none")) {
+            cJSON_Delete(rope);
+            rope = NULL;
+        }
+        if (!rope)
+            qerr_set(err, QRUN_ERR_NO_MEMORY, "config.json: out of memory");
+    } else
+        rope = qmodel_read_rope(cfg, max_pos, D, err);
+    if (!rope)
+        return NULL;
+    qmodel_core core = {
+        .vocab = V, .hidden = H, .layers = L, .heads = Hq, .kv_heads = Hkv, .head_dim = D,
+        .ffn = F, .max_pos = max_pos, .norm_eps = eps, .norm = "layernorm",
+        .norm_layout = norm_layout, .activation = "gelu", .mlp = "plain",
+        .qkv_layout = qkv_layout, .tie = tie, .alibi = alibi, .attention_bias = bias,
+        .mlp_bias = bias,
+    };
+    cJSON *hp = qmodel_new_hparams(cfg, "falcon", arch, &core, rope, err);
+    if (!hp)
+        return NULL;
+    bool ok = qhp_set_bool(hp, "bias", bias) &&
+              qhp_set_bool(hp, "parallel_attn", parallel || new_arch) &&
+              qhp_set_bool(hp, "new_decoder_architecture", new_arch) &&
+              qhp_set_bool(hp, "multi_query", !new_arch && mq) &&
+              qhp_set_num(hp, "num_ln_in_parallel_attn", (double)num_ln);
+    return ok ? hp : qmodel_hparams_oom(hp, err);
+}
+
+static bool falcon_plan(const cJSON *hp, bool has_lm_head, qmodel_plan *plan, qerr *err)
+{
+    qmodel_dims d;
+    bool bias;
+    if (!qmodel_read_dims(hp, &d, err) || !qhp_bool(hp, "bias", &bias, err))
+        return false;
+    const uint64_t V = d.vocab, H = d.hidden, L = d.layers, Hq = d.heads, Hkv = d.kv_heads,
+                   D = d.head_dim, F = d.ffn;
+    const bool tie = d.tie;
+    const char *layout = qhp_str(hp, "norm_layout", err);
+    if (!layout)
+        return false;
+    static const char *const ln_single[] = {"input_layernorm"};
+    static const char *const ln_two[] = {"ln_attn", "ln_mlp"};
+    static const char *const ln_seq[] = {"input_layernorm", "post_attention_layernorm"};
+    const char *const *lns;
+    int nln;
+    if (strcmp(layout, "parallel_single") == 0)
+        lns = ln_single, nln = 1;
+    else if (strcmp(layout, "parallel_two") == 0)
+        lns = ln_two, nln = 2;
+    else if (strcmp(layout, "sequential") == 0)
+        lns = ln_seq, nln = 2;
+    else
+        return qerr_set(err, QRUN_ERR_FORMAT, "hparams: unknown norm_layout \"%.32s\"", layout) ==
+               QRUN_OK;
+    if (!tie && !has_lm_head)
+        return qerr_set(err, QRUN_ERR_NOT_FOUND,
+                        "config.json: tie_word_embeddings is false but the checkpoint has no "
+                        "lm_head.weight") == QRUN_OK;
+    const uint64_t QKV = (Hq + 2 * Hkv) * D, A = Hq * D;
+    QPLAN_ADD(QROLE_EMBED, 2, V, H, "transformer.word_embeddings.weight");
+    for (uint64_t i = 0; i < L; i++) {
+        unsigned long long l = (unsigned long long)i;
+        for (int k = 0; k < nln; k++) {
+            QPLAN_ADD(QROLE_NORM, 1, H, 0, "transformer.h.%llu.%s.weight", l, lns[k]);
+            QPLAN_ADD(QROLE_NORM, 1, H, 0, "transformer.h.%llu.%s.bias", l, lns[k]);
+        }
+        QPLAN_LINEAR(bias, QKV, H, "transformer.h.%llu.self_attention.query_key_value", l);
+        QPLAN_LINEAR(bias, H, A, "transformer.h.%llu.self_attention.dense", l);
+        QPLAN_LINEAR(bias, F, H, "transformer.h.%llu.mlp.dense_h_to_4h", l);
+        QPLAN_LINEAR(bias, H, F, "transformer.h.%llu.mlp.dense_4h_to_h", l);
+    }
+    QPLAN_ADD(QROLE_NORM, 1, H, 0, "transformer.ln_f.weight");
+    QPLAN_ADD(QROLE_NORM, 1, H, 0, "transformer.ln_f.bias");
+    if (!tie)
+        QPLAN_ADD(QROLE_LM_HEAD, 2, V, H, "lm_head.weight");
+    return true;
+}
+
+const qmodel_family qmodel_falcon = {
+    .name = "falcon",
+    .matches = falcon_matches,
+    .read_config = falcon_read_config,
+    .plan = falcon_plan,
+};

@@ -1,0 +1,140 @@
+/* The Llama family: LlamaForCausalLM (Llama 1/2/3, TinyLlama, SmolLM2) and
+ * MistralForCausalLM without a sliding window. Config keys and defaults
+ * follow transformers' LlamaConfig / MistralConfig; tensor names follow
+ * modeling_llama.py. */
+#include <cjson/cJSON.h>
+#include <string.h>
+
+#include "families.h"
+
+static bool llama_matches(const cJSON *config)
+{
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(config, "architectures");
+    if (cJSON_IsArray(arch) && cJSON_GetArraySize(arch) > 0)
+        return qcfg_has_architecture(config, "LlamaForCausalLM") ||
+               qcfg_has_architecture(config, "MistralForCausalLM");
+    return qcfg_model_type_is(config, "llama") || qcfg_model_type_is(config, "mistral");
+}
+
+static cJSON *llama_read_config(const cJSON *cfg, qerr *err)
+{
+    if (!cJSON_IsObject(cfg)) {
+        qerr_set(err, QRUN_ERR_FORMAT, "config.json: not a JSON object");
+        return NULL;
+    }
+    bool mistral = !qcfg_has_architecture(cfg, "LlamaForCausalLM") &&
+                   (qcfg_has_architecture(cfg, "MistralForCausalLM") ||
+                    qcfg_model_type_is(cfg, "mistral"));
+    const char *arch = mistral ? "MistralForCausalLM" : "LlamaForCausalLM";
+
+    if (mistral) {
+        /* MistralConfig defaults sliding_window to 4096: only an explicit null
+         * means full attention, which is what this family computes. */
+        const cJSON *sw = cJSON_GetObjectItemCaseSensitive(cfg, "sliding_window");
+        if (!cJSON_IsNull(sw)) {
+            qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                     "config.json: MistralForCausalLM with \"sliding_window\" %s is not supported "
+                     "(only sliding_window null)",
+                     sw ? "set" : "absent (default 4096)");
+            return NULL;
+        }
+    }
+
+    int64_t V, H, F, L, Hq, Hkv, D, max_pos;
+    double eps;
+    bool tie, attn_bias, mlp_bias;
+    const char *act;
+    if (!qcfg_int(cfg, "vocab_size", true, 0, 1, &V, err) ||
+        !qcfg_int(cfg, "hidden_size", true, 0, 1, &H, err) ||
+        !qcfg_int(cfg, "intermediate_size", true, 0, 1, &F, err) ||
+        !qcfg_int(cfg, "num_hidden_layers", true, 0, 1, &L, err) ||
+        !qcfg_int(cfg, "num_attention_heads", true, 0, 1, &Hq, err))
+        return NULL;
+    if (!qcfg_int(cfg, "num_key_value_heads", false, mistral ? 8 : Hq, 1, &Hkv, err))
+        return NULL;
+    if (!qcfg_has(cfg, "head_dim") && H % Hq != 0) {
+        qerr_set(err, QRUN_ERR_FORMAT,
+                 "config.json: \"hidden_size\" %lld is not a multiple of \"num_attention_heads\" "
+                 "%lld (and no \"head_dim\" is given)",
+                 (long long)H, (long long)Hq);
+        return NULL;
+    }
+    if (!qcfg_int(cfg, "head_dim", false, H / Hq, 1, &D, err) ||
+        !qcfg_int(cfg, "max_position_embeddings", false, mistral ? 131072 : 2048, 1, &max_pos,
+                  err) ||
+        !qcfg_num(cfg, "rms_norm_eps", false, 1e-6, true, &eps, err) ||
+        !qcfg_bool(cfg, "tie_word_embeddings", false, &tie, err) ||
+        !qcfg_bool(cfg, "attention_bias", false, &attn_bias, err) ||
+        !qcfg_bool(cfg, "mlp_bias", false, &mlp_bias, err) ||
+        !qcfg_str(cfg, "hidden_act", "silu", &act, err))
+        return NULL;
+    if (Hkv > Hq || Hq % Hkv != 0) {
+        qerr_set(err, QRUN_ERR_FORMAT,
+                 "config.json: \"num_attention_heads\" %lld is not a multiple of "
+                 "\"num_key_value_heads\" %lld",
+                 (long long)Hq, (long long)Hkv);
+        return NULL;
+    }
+    if (strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0) {
+        qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                 "config.json: \"hidden_act\" \"%.32s\" is not supported (silu)", act);
+        return NULL;
+    }
+    if (mistral) /* MistralAttention / MistralMLP have no biases */
+        attn_bias = mlp_bias = false;
+
+    cJSON *rope = qmodel_read_rope(cfg, max_pos, D, err);
+    if (!rope)
+        return NULL;
+    qmodel_core core = {
+        .vocab = V, .hidden = H, .layers = L, .heads = Hq, .kv_heads = Hkv, .head_dim = D,
+        .ffn = F, .max_pos = max_pos, .norm_eps = eps, .norm = "rmsnorm",
+        .norm_layout = "sequential", .activation = "silu", .mlp = "gated",
+        .qkv_layout = "separate", .tie = tie, .alibi = false, .attention_bias = attn_bias,
+        .mlp_bias = mlp_bias,
+    };
+    return qmodel_new_hparams(cfg, "llama", arch, &core, rope, err);
+}
+
+static bool llama_plan(const cJSON *hp, bool has_lm_head, qmodel_plan *plan, qerr *err)
+{
+    qmodel_dims d;
+    bool ab, mb;
+    if (!qmodel_read_dims(hp, &d, err) || !qhp_bool(hp, "attention_bias", &ab, err) ||
+        !qhp_bool(hp, "mlp_bias", &mb, err))
+        return false;
+    const uint64_t V = d.vocab, H = d.hidden, L = d.layers, Hq = d.heads, Hkv = d.kv_heads,
+                   D = d.head_dim, F = d.ffn;
+    const bool tie = d.tie;
+    if (!tie && !has_lm_head)
+        return qerr_set(err, QRUN_ERR_NOT_FOUND,
+                        "config.json: tie_word_embeddings is false but the checkpoint has no "
+                        "lm_head.weight") == QRUN_OK;
+    const uint64_t Q = Hq * D, KV = Hkv * D;
+    QPLAN_ADD(QROLE_EMBED, 2, V, H, "model.embed_tokens.weight");
+    for (uint64_t i = 0; i < L; i++) {
+        unsigned long long l = (unsigned long long)i;
+        QPLAN_ADD(QROLE_NORM, 1, H, 0, "model.layers.%llu.input_layernorm.weight", l);
+        static const char *const qkv[3] = {"q_proj", "k_proj", "v_proj"};
+        for (int k = 0; k < 3; k++) {
+            uint64_t rows = k == 0 ? Q : KV;
+            QPLAN_LINEAR(ab, rows, H, "model.layers.%llu.self_attn.%s", l, qkv[k]);
+        }
+        QPLAN_LINEAR(ab, H, Q, "model.layers.%llu.self_attn.o_proj", l);
+        QPLAN_ADD(QROLE_NORM, 1, H, 0, "model.layers.%llu.post_attention_layernorm.weight", l);
+        QPLAN_LINEAR(mb, F, H, "model.layers.%llu.mlp.gate_proj", l);
+        QPLAN_LINEAR(mb, F, H, "model.layers.%llu.mlp.up_proj", l);
+        QPLAN_LINEAR(mb, H, F, "model.layers.%llu.mlp.down_proj", l);
+    }
+    QPLAN_ADD(QROLE_NORM, 1, H, 0, "model.norm.weight");
+    if (!tie)
+        QPLAN_ADD(QROLE_LM_HEAD, 2, V, H, "lm_head.weight");
+    return true;
+}
+
+const qmodel_family qmodel_llama = {
+    .name = "llama",
+    .matches = llama_matches,
+    .read_config = llama_read_config,
+    .plan = llama_plan,
+};

@@ -22,8 +22,10 @@ typedef enum qmodel_role {
     QROLE_BIAS        /* linear bias: kept */
 } qmodel_role;
 
+#define QMODEL_NAME_MAX 160
+
 typedef struct qmodel_tensor {
-    char name[160];   /* Hugging Face name, also used in the .qbin */
+    char name[QMODEL_NAME_MAX];   /* Hugging Face name, also used in the .qbin */
     int ndim;
     uint64_t shape[2];
     qmodel_role role;
@@ -41,6 +43,14 @@ bool qmodel_plan_add(qmodel_plan *p, qmodel_role role, int ndim, uint64_t d0, ui
     __attribute__((format(printf, 7, 8)))
 #endif
     ;
+/* An nn.Linear module: "<module>.weight" [out, in] and, when `bias`,
+ * "<module>.bias" [out]; `fmt` formats the module path. */
+bool qmodel_plan_add_linear(qmodel_plan *p, bool bias, uint64_t out, uint64_t in, qerr *err,
+                            const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 6, 7)))
+#endif
+    ;
 void qmodel_plan_free(qmodel_plan *p);
 
 typedef struct qmodel_family {
@@ -53,6 +63,29 @@ typedef struct qmodel_family {
      * tells whether the checkpoint stores lm_head.weight (untied). */
     bool (*plan)(const cJSON *hparams, bool has_lm_head, qmodel_plan *plan, qerr *err);
 } qmodel_family;
+
+/* The planned tensor named `name`, or NULL. */
+const qmodel_tensor *qmodel_plan_find(const qmodel_plan *p, const char *name);
+
+/* The source weights' dtype string from config.json: "dtype" (transformers
+ * 5) or else "torch_dtype" (older), e.g. "bfloat16"; NULL when neither is a
+ * string. read_config validates it and stores it as hparams.source_dtype. */
+const char *qmodel_config_dtype(const cJSON *config);
+
+typedef struct hf_checkpoint hf_checkpoint;
+
+/* Check a checkpoint against a plan: every planned tensor present with
+ * exactly the planned shape and a F32/F16/BF16 dtype. The error names the
+ * tensor, the expected and found shape or the dtype. Tensors the plan does
+ * not list are ignored here (see qmodel_unplanned_tensors). */
+bool qmodel_check_checkpoint(const qmodel_plan *plan, const hf_checkpoint *ck, qerr *err);
+/* Tensors not in the plan and not known to be harmless (rotary inv_freq
+ * buffers, attention mask buffers): returns how many there are and stores up
+ * to `max` of their names (owned by `ck`) in `names` (may be NULL). */
+int qmodel_unplanned_tensors(const qmodel_plan *plan, const hf_checkpoint *ck, const char **names,
+                             int max);
+/* Non-parameter buffers some checkpoints store (…rotary_emb.inv_freq, …). */
+bool qmodel_is_harmless_extra(const char *name);
 
 /* The family for a config, or NULL with an error naming the architecture. */
 const qmodel_family *qmodel_family_for_config(const cJSON *config, qerr *err);

@@ -32,6 +32,10 @@ const st_tensor *hf_tensor_at(const hf_checkpoint *ck, int i);
 const st_tensor *hf_find(const hf_checkpoint *ck, const char *name);
 /* Read a tensor (converted to f32) into dst of numel floats. */
 bool hf_read_f32(hf_checkpoint *ck, const st_tensor *t, float *dst, qerr *err);
+/* Read elements [first, first+count) of a tensor converted to f32 (for
+ * streaming conversion of large tensors slice by slice). */
+bool hf_read_f32_range(hf_checkpoint *ck, const st_tensor *t, uint64_t first, uint64_t count,
+                       float *dst, qerr *err);
 
 /* Tokenizer bytes: kind is "sentencepiece" (tokenizer.model) or "bpe"
  * (tokenizer.json). The caller frees *data. tokenizer.model wins when a

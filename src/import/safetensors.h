@@ -36,5 +36,10 @@ const st_tensor *st_find(const st_file *f, const char *name);
 bool st_read(st_file *f, const st_tensor *t, void *dst, qerr *err);
 /* Read a tensor and convert F32/F16/BF16 to f32 (t numel floats). */
 bool st_read_f32(st_file *f, const st_tensor *t, float *dst, qerr *err);
+/* Elements [first, first+count) of a F32/F16/BF16 tensor (flattened, row
+ * major) converted to f32 into dst (count floats); the range must lie inside
+ * the tensor. */
+bool st_read_f32_range(st_file *f, const st_tensor *t, uint64_t first, uint64_t count, float *dst,
+                       qerr *err);
 
 #endif

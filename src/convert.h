@@ -1,0 +1,62 @@
+/* Hugging Face checkpoint -> .qbin conversion (the library side of
+ * qconvert). Tensors are streamed in chunks: source data is read a slice at a
+ * time, converted or quantized, and written straight into the output file,
+ * so peak memory does not grow with the model or tensor size. */
+#ifndef QRUN_CONVERT_H
+#define QRUN_CONVERT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+
+typedef enum qconvert_quant {
+    QCONVERT_NF4 = 0,
+    QCONVERT_FP4,
+    QCONVERT_INT8,
+    QCONVERT_F16,
+    QCONVERT_BF16
+} qconvert_quant;
+
+/* "nf4" -> QCONVERT_NF4 ...; -1 when unknown. */
+int qconvert_quant_from_name(const char *name);
+const char *qconvert_quant_name(qconvert_quant q);
+
+typedef struct qconvert_progress {
+    int index, count;        /* tensor being written, of how many */
+    const char *tensor;      /* its name */
+    uint64_t bytes_done;     /* source bytes processed so far */
+    uint64_t bytes_total;    /* source bytes of all tensors */
+} qconvert_progress;
+
+typedef struct qconvert_options {
+    const char *input_dir;
+    const char *output_path;
+    qconvert_quant quant;
+    bool double_quant;       /* nf4/fp4 only: bnb_4bit_use_double_quant */
+    int blocksize;           /* nf4/fp4; 0 means 64 */
+    int compute_dtype;       /* QDT_F16 or QDT_BF16; -1: from the checkpoint */
+    float int8_threshold;    /* LLM.int8 outlier threshold stored in metadata */
+    uint64_t chunk_bytes;    /* working-slice size; 0 means 16 MiB */
+    /* Called after every chunk; return false to cancel. */
+    bool (*progress)(void *user, const qconvert_progress *p);
+    void *user;
+} qconvert_options;
+
+void qconvert_options_init(qconvert_options *o);
+
+typedef struct qconvert_stats {
+    char architecture[32];
+    char hf_architecture[64];
+    int tensors;
+    uint64_t params;            /* all parameters */
+    uint64_t quantized_params;  /* parameters stored as nf4/fp4/int8 */
+    uint64_t file_bytes;
+    double seconds;
+    uint64_t peak_rss_bytes;    /* of the whole process, from getrusage */
+    int compute_dtype;
+} qconvert_stats;
+
+qrun_status qconvert_run(const qconvert_options *o, qconvert_stats *stats, qerr *err);
+
+#endif

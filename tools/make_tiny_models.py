@@ -11,7 +11,8 @@ gives byte-identical files.  After writing, every checkpoint is reloaded with tr
 compared with the in-memory model; a summary table is printed.
 
 Needs: torch, transformers (5.x), tokenizers, safetensors, numpy.
-Llama-2 SentencePiece tokenizer source: /work/shared/data/llama2-tokenizer.model or --spm PATH.
+Llama-2 SentencePiece tokenizer source: ../shared/data/llama2-tokenizer.model (beside the
+repository) or --spm PATH.
 """
 
 import argparse
@@ -24,7 +25,8 @@ import sys
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-SPM_DEFAULT = "/work/shared/data/llama2-tokenizer.model"
+SPM_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                           "llama2-tokenizer.model")
 
 # Built-in training text for the small BPE tokenizers (written for this project).
 CORPUS = """\

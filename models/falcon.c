@@ -5,9 +5,11 @@
  * them (n_embed, n_layer, n_head, n_head_kv; n_head_kv present means the new
  * decoder architecture). Tensor names follow modeling_falcon.py. */
 #include <cjson/cJSON.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "families.h"
+#include "qbin.h"
 
 static bool falcon_old_form(const cJSON *cfg)
 {
@@ -220,9 +222,187 @@ static bool falcon_plan(const cJSON *hp, bool has_lm_head, qmodel_plan *plan, qe
     return true;
 }
 
+/* ---- runtime graph ---------------------------------------------------------- */
+
+typedef enum falcon_wiring { FALCON_SEQUENTIAL, FALCON_PARALLEL_SINGLE, FALCON_PARALLEL_TWO } falcon_wiring;
+
+typedef struct falcon_layer {
+    qbk_norm ln_a, ln_m; /* ln_m: post_attention_layernorm (sequential) or ln_mlp */
+    qbk_linear qkv, dense, h_to_4h, h4_to_h;
+} falcon_layer;
+
+typedef struct falcon_model {
+    qmodel_sizes s;
+    falcon_wiring wiring;
+    qbk_qkv_layout layout;
+    qrope rope;
+    bool alibi;
+    float *slopes; /* [n_heads] when alibi */
+    falcon_layer *layers;
+} falcon_model;
+
+static void falcon_unbind(void *model)
+{
+    falcon_model *m = model;
+    if (m) {
+        free(m->slopes);
+        free(m->layers);
+        free(m);
+    }
+}
+
+static void *falcon_bind(const qbin_file *f, const cJSON *hp, qmodel_io *io, qerr *err)
+{
+    falcon_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory");
+        return NULL;
+    }
+    float eps;
+    bool bias, tie;
+    const char *nl, *ql;
+    if (!qmodel_read_sizes(hp, &m->s, err) || !qhp_float(hp, "norm_eps", &eps, err) ||
+        !qhp_bool(hp, "bias", &bias, err) || !qhp_bool(hp, "alibi", &m->alibi, err) ||
+        !qhp_bool(hp, "tie_word_embeddings", &tie, err) || !qmodel_read_qrope(hp, &m->rope, err) ||
+        !(nl = qhp_str(hp, "norm_layout", err)) || !(ql = qhp_str(hp, "qkv_layout", err)))
+        goto fail;
+    if (strcmp(nl, "sequential") == 0)
+        m->wiring = FALCON_SEQUENTIAL;
+    else if (strcmp(nl, "parallel_single") == 0)
+        m->wiring = FALCON_PARALLEL_SINGLE;
+    else if (strcmp(nl, "parallel_two") == 0)
+        m->wiring = FALCON_PARALLEL_TWO;
+    else {
+        qerr_set(err, QRUN_ERR_FORMAT, "hparams: unknown norm_layout \"%.32s\"", nl);
+        goto fail;
+    }
+    const int Hq = m->s.n_heads, Hkv = m->s.n_kv_heads;
+    if (strcmp(ql, "grouped") == 0)
+        m->layout = QBK_QKV_GROUPED;
+    else if (strcmp(ql, "multi_query") == 0 && Hkv == 1)
+        m->layout = QBK_QKV_MULTI_QUERY;
+    else if (strcmp(ql, "interleaved") == 0 && Hkv == Hq)
+        m->layout = QBK_QKV_INTERLEAVED;
+    else {
+        qerr_set(err, QRUN_ERR_FORMAT,
+                 "hparams: qkv_layout \"%.32s\" does not fit n_heads %d / n_kv_heads %d", ql,
+                 Hq, Hkv);
+        goto fail;
+    }
+    if (m->alibi != (m->rope.p.type == QROPE_NONE)) {
+        qerr_set(err, QRUN_ERR_FORMAT, "hparams: alibi and rope.type disagree");
+        goto fail;
+    }
+    if (m->alibi) {
+        m->slopes = malloc((size_t)Hq * sizeof *m->slopes);
+        if (!m->slopes) {
+            qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory");
+            goto fail;
+        }
+        /* a host-side table the attention op takes; the same numbers on
+         * every backend */
+        cpu_alibi_slopes(Hq, m->slopes);
+    }
+    const uint64_t V = (uint64_t)m->s.vocab, H = (uint64_t)m->s.hidden,
+                   F = (uint64_t)m->s.ffn, A = (uint64_t)Hq * (uint64_t)m->s.head_dim,
+                   QKV = (uint64_t)m->s.qkv_fused;
+    m->layers = calloc((size_t)m->s.n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory");
+        goto fail;
+    }
+    if (!qmodel_bind_values(f, &io->embed, &io->embed_dt, V, H, err,
+                            "transformer.word_embeddings.weight"))
+        goto fail;
+    const char *na = m->wiring == FALCON_PARALLEL_TWO ? "ln_attn" : "input_layernorm";
+    const char *nm = m->wiring == FALCON_PARALLEL_TWO ? "ln_mlp" : "post_attention_layernorm";
+    for (int i = 0; i < m->s.n_layers; i++) {
+        falcon_layer *L = &m->layers[i];
+        const char *pre = "transformer.h";
+        if (!qmodel_bind_norm(f, &L->ln_a, QBK_LAYERNORM, eps, H, err, "%s.%d.%s", pre, i, na) ||
+            (m->wiring != FALCON_PARALLEL_SINGLE &&
+             !qmodel_bind_norm(f, &L->ln_m, QBK_LAYERNORM, eps, H, err, "%s.%d.%s", pre, i, nm)) ||
+            !qmodel_bind_linear(f, &L->qkv, bias, QKV, H, err,
+                                "%s.%d.self_attention.query_key_value", pre, i) ||
+            !qmodel_bind_linear(f, &L->dense, bias, H, A, err, "%s.%d.self_attention.dense", pre,
+                                i) ||
+            !qmodel_bind_linear(f, &L->h_to_4h, bias, F, H, err, "%s.%d.mlp.dense_h_to_4h", pre,
+                                i) ||
+            !qmodel_bind_linear(f, &L->h4_to_h, bias, H, F, err, "%s.%d.mlp.dense_4h_to_h", pre,
+                                i))
+            goto fail;
+    }
+    if (!qmodel_bind_norm(f, &io->final_norm, QBK_LAYERNORM, eps, H, err, "transformer.ln_f"))
+        goto fail;
+    if (tie) {
+        memset(&io->lm_head, 0, sizeof io->lm_head);
+        io->lm_head.w.dtype = io->embed_dt;
+        io->lm_head.w.rows = V;
+        io->lm_head.w.cols = H;
+        io->lm_head.w.data = io->embed;
+    } else if (!qmodel_bind_linear(f, &io->lm_head, false, V, H, err, "lm_head"))
+        goto fail;
+    return m;
+fail:
+    falcon_unbind(m);
+    return NULL;
+}
+
+#define FALCON_MM(l, x, y)                                                                         \
+    do {                                                                                           \
+        if (!B->matmul(be, (l), (x), n, (y), err))                                                 \
+            return err ? err->code : QRUN_ERR_INTERNAL;                                            \
+    } while (0)
+
+static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *err)
+{
+    const falcon_model *m = model;
+    const qbackend_ops *B = r->ops;
+    qbackend *be = r->be;
+    const int n = r->n, Hq = m->s.n_heads, Hkv = m->s.n_kv_heads;
+    for (int i = 0; i < m->s.n_layers; i++) {
+        if (r->cancel && atomic_load(r->cancel))
+            return qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
+        const falcon_layer *L = &m->layers[i];
+        B->norm(be, &L->ln_a, r->x, n, r->xn);
+        if (m->wiring == FALCON_PARALLEL_TWO)
+            B->norm(be, &L->ln_m, r->x, n, r->xn2);
+        FALCON_MM(&L->qkv, r->xn, r->qkv);
+        B->qkv_split(be, m->layout, r->qkv, n, Hq, Hkv, m->s.head_dim, r->q, r->k, r->v);
+        if (!m->alibi) {
+            B->rope(be, &m->rope, r->seq_len, r->q, n, Hq, r->p0);
+            B->rope(be, &m->rope, r->seq_len, r->k, n, Hkv, r->p0);
+        }
+        B->kv_store(be, r->kv, i, r->p0, n, r->k, r->v);
+        B->attention(be, r->kv, i, r->q, n, r->p0, Hq, m->slopes, r->attn);
+        FALCON_MM(&L->dense, r->attn, r->tmp);
+        if (m->wiring == FALCON_SEQUENTIAL) {
+            /* h = x + attn; y = h + mlp(post_attention_layernorm(h)) */
+            B->add(be, r->tmp, r->x, n, r->x);
+            B->norm(be, &L->ln_m, r->x, n, r->xn);
+            FALCON_MM(&L->h_to_4h, r->xn, r->ff_a);
+            B->gelu(be, r->ff_a, n);
+            FALCON_MM(&L->h4_to_h, r->ff_a, r->tmp);
+            B->add(be, r->tmp, r->x, n, r->x);
+        } else {
+            /* transformers: mlp_output += attention_output; out = mlp_output + residual */
+            const qbk_buf *mlp_in = m->wiring == FALCON_PARALLEL_TWO ? r->xn2 : r->xn;
+            FALCON_MM(&L->h_to_4h, mlp_in, r->ff_a);
+            B->gelu(be, r->ff_a, n);
+            FALCON_MM(&L->h4_to_h, r->ff_a, r->xn);
+            B->add(be, r->xn, r->tmp, n, r->xn);
+            B->add(be, r->xn, r->x, n, r->x);
+        }
+    }
+    return QRUN_OK;
+}
+
 const qmodel_family qmodel_falcon = {
     .name = "falcon",
     .matches = falcon_matches,
     .read_config = falcon_read_config,
     .plan = falcon_plan,
+    .bind = falcon_bind,
+    .unbind = falcon_unbind,
+    .forward = falcon_forward,
 };

@@ -3,9 +3,11 @@
  * follow transformers' LlamaConfig / MistralConfig; tensor names follow
  * modeling_llama.py. */
 #include <cjson/cJSON.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "families.h"
+#include "qbin.h"
 
 static bool llama_matches(const cJSON *config)
 {
@@ -132,9 +134,130 @@ static bool llama_plan(const cJSON *hp, bool has_lm_head, qmodel_plan *plan, qer
     return true;
 }
 
+/* ---- runtime graph ---------------------------------------------------------- */
+
+typedef struct llama_layer {
+    qbk_norm ln1, ln2;
+    qbk_linear q, k, v, o, gate, up, down;
+} llama_layer;
+
+typedef struct llama_model {
+    qmodel_sizes s;
+    qrope rope;
+    llama_layer *layers;
+} llama_model;
+
+static void llama_unbind(void *model)
+{
+    llama_model *m = model;
+    if (m) {
+        free(m->layers);
+        free(m);
+    }
+}
+
+static void *llama_bind(const qbin_file *f, const cJSON *hp, qmodel_io *io, qerr *err)
+{
+    llama_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory");
+        return NULL;
+    }
+    float eps;
+    bool ab, mb, tie;
+    if (!qmodel_read_sizes(hp, &m->s, err) || !qhp_float(hp, "norm_eps", &eps, err) ||
+        !qhp_bool(hp, "attention_bias", &ab, err) || !qhp_bool(hp, "mlp_bias", &mb, err) ||
+        !qhp_bool(hp, "tie_word_embeddings", &tie, err) || !qmodel_read_qrope(hp, &m->rope, err))
+        goto fail;
+    if (m->rope.p.type == QROPE_NONE) {
+        qerr_set(err, QRUN_ERR_FORMAT, "hparams: llama models need rotary embeddings");
+        goto fail;
+    }
+    const uint64_t V = (uint64_t)m->s.vocab, H = (uint64_t)m->s.hidden,
+                   F = (uint64_t)m->s.ffn, Q = (uint64_t)m->s.n_heads * (uint64_t)m->s.head_dim,
+                   KV = (uint64_t)m->s.n_kv_heads * (uint64_t)m->s.head_dim;
+    m->layers = calloc((size_t)m->s.n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory");
+        goto fail;
+    }
+    if (!qmodel_bind_values(f, &io->embed, &io->embed_dt, V, H, err, "model.embed_tokens.weight"))
+        goto fail;
+    for (int i = 0; i < m->s.n_layers; i++) {
+        llama_layer *L = &m->layers[i];
+        const char *pre = "model.layers";
+        if (!qmodel_bind_norm(f, &L->ln1, QBK_RMSNORM, eps, H, err, "%s.%d.input_layernorm", pre,
+                              i) ||
+            !qmodel_bind_norm(f, &L->ln2, QBK_RMSNORM, eps, H, err,
+                              "%s.%d.post_attention_layernorm", pre, i) ||
+            !qmodel_bind_linear(f, &L->q, ab, Q, H, err, "%s.%d.self_attn.q_proj", pre, i) ||
+            !qmodel_bind_linear(f, &L->k, ab, KV, H, err, "%s.%d.self_attn.k_proj", pre, i) ||
+            !qmodel_bind_linear(f, &L->v, ab, KV, H, err, "%s.%d.self_attn.v_proj", pre, i) ||
+            !qmodel_bind_linear(f, &L->o, ab, H, Q, err, "%s.%d.self_attn.o_proj", pre, i) ||
+            !qmodel_bind_linear(f, &L->gate, mb, F, H, err, "%s.%d.mlp.gate_proj", pre, i) ||
+            !qmodel_bind_linear(f, &L->up, mb, F, H, err, "%s.%d.mlp.up_proj", pre, i) ||
+            !qmodel_bind_linear(f, &L->down, mb, H, F, err, "%s.%d.mlp.down_proj", pre, i))
+            goto fail;
+    }
+    if (!qmodel_bind_norm(f, &io->final_norm, QBK_RMSNORM, eps, H, err, "model.norm"))
+        goto fail;
+    if (tie) {
+        /* transformers ties lm_head to the embedding: the table is the weight */
+        memset(&io->lm_head, 0, sizeof io->lm_head);
+        io->lm_head.w.dtype = io->embed_dt;
+        io->lm_head.w.rows = V;
+        io->lm_head.w.cols = H;
+        io->lm_head.w.data = io->embed;
+    } else if (!qmodel_bind_linear(f, &io->lm_head, false, V, H, err, "lm_head"))
+        goto fail;
+    return m;
+fail:
+    llama_unbind(m);
+    return NULL;
+}
+
+static qrun_status llama_forward(const void *model, const qmodel_run *r, qerr *err)
+{
+    const llama_model *m = model;
+    const qbackend_ops *B = r->ops;
+    qbackend *be = r->be;
+    const int n = r->n, Hq = m->s.n_heads, Hkv = m->s.n_kv_heads;
+    for (int i = 0; i < m->s.n_layers; i++) {
+        if (r->cancel && atomic_load(r->cancel))
+            return qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
+        const llama_layer *L = &m->layers[i];
+        /* h = x + o_proj(attn(rmsnorm1(x))) */
+        B->norm(be, &L->ln1, r->x, n, r->xn);
+        if (!B->matmul(be, &L->q, r->xn, n, r->q, err) ||
+            !B->matmul(be, &L->k, r->xn, n, r->k, err) ||
+            !B->matmul(be, &L->v, r->xn, n, r->v, err))
+            return err ? err->code : QRUN_ERR_INTERNAL;
+        B->rope(be, &m->rope, r->seq_len, r->q, n, Hq, r->p0);
+        B->rope(be, &m->rope, r->seq_len, r->k, n, Hkv, r->p0);
+        B->kv_store(be, r->kv, i, r->p0, n, r->k, r->v);
+        B->attention(be, r->kv, i, r->q, n, r->p0, Hq, NULL, r->attn);
+        if (!B->matmul(be, &L->o, r->attn, n, r->tmp, err))
+            return err ? err->code : QRUN_ERR_INTERNAL;
+        B->add(be, r->x, r->tmp, n, r->x);
+        /* y = h + down(silu(gate(n2(h))) * up(n2(h))) */
+        B->norm(be, &L->ln2, r->x, n, r->xn);
+        if (!B->matmul(be, &L->gate, r->xn, n, r->ff_a, err) ||
+            !B->matmul(be, &L->up, r->xn, n, r->ff_b, err))
+            return err ? err->code : QRUN_ERR_INTERNAL;
+        B->swiglu(be, r->ff_a, r->ff_b, n, r->ff_a);
+        if (!B->matmul(be, &L->down, r->ff_a, n, r->tmp, err))
+            return err ? err->code : QRUN_ERR_INTERNAL;
+        B->add(be, r->x, r->tmp, n, r->x);
+    }
+    return QRUN_OK;
+}
+
 const qmodel_family qmodel_llama = {
     .name = "llama",
     .matches = llama_matches,
     .read_config = llama_read_config,
     .plan = llama_plan,
+    .bind = llama_bind,
+    .unbind = llama_unbind,
+    .forward = llama_forward,
 };

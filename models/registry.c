@@ -12,6 +12,7 @@
 
 #include "families.h"
 #include "import/hf_checkpoint.h"
+#include "qbin.h"
 
 /* Adding a family: one file in models/ and one line here. */
 static const qmodel_family *const families[] = {
@@ -628,4 +629,194 @@ int qmodel_unplanned_tensors(const qmodel_plan *plan, const hf_checkpoint *ck, c
     }
     free(sorted);
     return n;
+}
+
+/* ---- runtime binding helpers ------------------------------------------------ */
+
+bool qhp_float(const cJSON *hp, const char *key, float *out, qerr *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(hp, key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return qerr_set(err, QRUN_ERR_FORMAT, "hparams: \"%s\" missing or not a number", key) ==
+               QRUN_OK;
+    /* HF adds eps as a Python float to an f32 tensor: the f32 value counts */
+    *out = (float)v->valuedouble;
+    return true;
+}
+
+bool qmodel_read_sizes(const cJSON *hp, qmodel_sizes *s, qerr *err)
+{
+    qmodel_dims d;
+    if (!qmodel_read_dims(hp, &d, err))
+        return false;
+    const char *layout = qhp_str(hp, "qkv_layout", err);
+    if (!layout)
+        return false;
+    const uint64_t v[7] = {d.vocab, d.hidden, d.layers, d.heads, d.kv_heads, d.head_dim, d.ffn};
+    static const char *const names[7] = {"vocab_size", "hidden_size", "n_layers", "n_heads",
+                                         "n_kv_heads", "head_dim", "ffn_hidden_size"};
+    for (int i = 0; i < 7; i++)
+        if (v[i] == 0 || v[i] > (1u << 24))
+            return qerr_set(err, QRUN_ERR_UNSUPPORTED, "hparams: \"%s\" %llu is out of range",
+                            names[i], (unsigned long long)v[i]) == QRUN_OK;
+    if (d.heads % d.kv_heads != 0)
+        return qerr_set(err, QRUN_ERR_FORMAT, "hparams: n_heads %llu is not a multiple of "
+                        "n_kv_heads %llu", (unsigned long long)d.heads,
+                        (unsigned long long)d.kv_heads) == QRUN_OK;
+    if (d.head_dim > CPU_MAX_HEAD_DIM)
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "hparams: head_dim %llu exceeds %d",
+                        (unsigned long long)d.head_dim, CPU_MAX_HEAD_DIM) == QRUN_OK;
+    if ((d.heads + 2 * d.kv_heads) * d.head_dim > (1u << 30) || d.heads * d.head_dim > (1u << 30))
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "hparams: attention width out of range") ==
+               QRUN_OK;
+    s->vocab = (int)d.vocab;
+    s->hidden = (int)d.hidden;
+    s->n_layers = (int)d.layers;
+    s->n_heads = (int)d.heads;
+    s->n_kv_heads = (int)d.kv_heads;
+    s->head_dim = (int)d.head_dim;
+    s->ffn = (int)d.ffn;
+    s->qkv_fused = strcmp(layout, "separate") == 0
+                       ? 0
+                       : (int)((d.heads + 2 * d.kv_heads) * d.head_dim);
+    return true;
+}
+
+static bool is_float_dt(qdtype t) { return t == QDT_F32 || t == QDT_F16 || t == QDT_BF16; }
+
+static bool bind_values_v(const qbin_file *f, const void **data, qdtype *dt, uint64_t rows,
+                          uint64_t cols, qerr *err, const char *name)
+{
+    const qbin_tensor *t = qbin_find(f, name);
+    if (!t)
+        return qerr_set(err, QRUN_ERR_NOT_FOUND, "tensor %s is missing from the model file",
+                        name) == QRUN_OK;
+    int nd = cols ? 2 : 1;
+    if (t->ndim != nd || t->shape[0] != rows || (nd == 2 && t->shape[1] != cols)) {
+        char want[64], got[96];
+        shape_text(want, sizeof want, nd, (const uint64_t[2]){rows, cols});
+        shape_text(got, sizeof got, t->ndim > 2 ? 2 : t->ndim, t->shape);
+        return qerr_set(err, QRUN_ERR_FORMAT, "tensor %s: expected shape %s, found %s%s", name,
+                        want, got, t->ndim > 2 ? " (and more dimensions)" : "") == QRUN_OK;
+    }
+    if (!is_float_dt(t->dtype))
+        return qerr_set(err, QRUN_ERR_FORMAT, "tensor %s: dtype %s (expected f32, f16 or bf16)",
+                        name, qdtype_name(t->dtype)) == QRUN_OK;
+    *data = qbin_tensor_data(f, t);
+    *dt = t->dtype;
+    return true;
+}
+
+bool qmodel_bind_values(const qbin_file *f, const void **data, qdtype *dt, uint64_t rows,
+                        uint64_t cols, qerr *err, const char *fmt, ...)
+{
+    char name[QMODEL_NAME_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof name)
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "tensor name too long") == QRUN_OK;
+    return bind_values_v(f, data, dt, rows, cols, err, name);
+}
+
+bool qmodel_bind_linear(const qbin_file *f, qbk_linear *l, bool bias, uint64_t rows,
+                        uint64_t cols, qerr *err, const char *fmt, ...)
+{
+    char module[QMODEL_NAME_MAX], name[QMODEL_NAME_MAX + 8];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(module, sizeof module, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof module)
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "tensor name too long") == QRUN_OK;
+    memset(l, 0, sizeof *l);
+    snprintf(name, sizeof name, "%s.weight", module);
+    if (!qbin_find(f, name))
+        return qerr_set(err, QRUN_ERR_NOT_FOUND, "tensor %s is missing from the model file",
+                        name) == QRUN_OK;
+    if (!qweight_from_qbin(f, name, &l->w, err))
+        return false;
+    if (l->w.rows != rows || l->w.cols != cols)
+        return qerr_set(err, QRUN_ERR_FORMAT, "tensor %s: expected shape [%llu, %llu], found "
+                        "[%llu, %llu]", name, (unsigned long long)rows, (unsigned long long)cols,
+                        (unsigned long long)l->w.rows, (unsigned long long)l->w.cols) == QRUN_OK;
+    l->bias_dt = QDT_F32;
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", module);
+        if (!bind_values_v(f, &l->bias, &l->bias_dt, rows, 0, err, name))
+            return false;
+    }
+    return true;
+}
+
+bool qmodel_bind_norm(const qbin_file *f, qbk_norm *nm, qbk_norm_kind kind, float eps,
+                      uint64_t dim, qerr *err, const char *fmt, ...)
+{
+    char module[QMODEL_NAME_MAX], name[QMODEL_NAME_MAX + 8];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(module, sizeof module, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof module)
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "tensor name too long") == QRUN_OK;
+    memset(nm, 0, sizeof *nm);
+    nm->kind = kind;
+    nm->eps = eps;
+    snprintf(name, sizeof name, "%s.weight", module);
+    if (!bind_values_v(f, &nm->w, &nm->dt, dim, 0, err, name))
+        return false;
+    if (kind == QBK_LAYERNORM) {
+        qdtype bdt;
+        snprintf(name, sizeof name, "%s.bias", module);
+        if (!bind_values_v(f, &nm->b, &bdt, dim, 0, err, name))
+            return false;
+        if (bdt != nm->dt)
+            return qerr_set(err, QRUN_ERR_FORMAT, "tensor %s: dtype %s differs from the weight's "
+                            "%s", name, qdtype_name(bdt), qdtype_name(nm->dt)) == QRUN_OK;
+    }
+    return true;
+}
+
+static double rope_num(const cJSON *rope, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(rope, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0.0;
+}
+
+bool qmodel_read_qrope(const cJSON *hp, qrope *r, qerr *err)
+{
+    const cJSON *rope = cJSON_GetObjectItemCaseSensitive(hp, "rope");
+    uint64_t head_dim = 0, max_pos = 0;
+    if (!qhp_u64(hp, "head_dim", &head_dim, err) ||
+        !qhp_u64(hp, "max_position_embeddings", &max_pos, err))
+        return false;
+    const char *type = rope ? qhp_str(rope, "type", err) : NULL;
+    if (!type)
+        return qerr_set(err, QRUN_ERR_FORMAT, "hparams: \"rope.type\" missing") == QRUN_OK;
+    qrope_params p = {0};
+    if (strcmp(type, "none") == 0)
+        p.type = QROPE_NONE;
+    else if (strcmp(type, "default") == 0)
+        p.type = QROPE_DEFAULT;
+    else if (strcmp(type, "linear") == 0)
+        p.type = QROPE_LINEAR;
+    else if (strcmp(type, "dynamic") == 0)
+        p.type = QROPE_DYNAMIC;
+    else if (strcmp(type, "llama3") == 0)
+        p.type = QROPE_LLAMA3;
+    else
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "hparams: rope type \"%.32s\" is not "
+                        "supported", type) == QRUN_OK;
+    p.theta = rope_num(rope, "theta");
+    p.factor = rope_num(rope, "factor");
+    p.low_freq_factor = rope_num(rope, "low_freq_factor");
+    p.high_freq_factor = rope_num(rope, "high_freq_factor");
+    p.original_max_position_embeddings = (int64_t)rope_num(rope, "original_max_position_embeddings");
+    p.max_position_embeddings = (int64_t)max_pos;
+    p.head_dim = (int)head_dim;
+    qerr e2;
+    if (qrope_init(r, &p, &e2) != QRUN_OK)
+        return qerr_set(err, QRUN_ERR_FORMAT, "hparams: %s", e2.msg) == QRUN_OK;
+    return true;
 }

@@ -9,9 +9,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "error.h"
 
 typedef struct cJSON cJSON;
+typedef struct qbin_file qbin_file;
 
 /* What a tensor is, which decides how the converter stores it. */
 typedef enum qmodel_role {
@@ -53,6 +55,41 @@ bool qmodel_plan_add_linear(qmodel_plan *p, bool bias, uint64_t out, uint64_t in
     ;
 void qmodel_plan_free(qmodel_plan *p);
 
+/* ---- runtime graph ---------------------------------------------------------
+ * A family binds its tensors from an opened .qbin into a private struct and
+ * runs its decoder blocks as calls on the backend interface (src/backend.h).
+ * The engine owns what every family shares: the embedding lookup before the
+ * blocks and the final norm + output projection after them, which `bind`
+ * describes in qmodel_io. */
+
+/* Sizes the engine needs to allocate a session (from the hparams). */
+typedef struct qmodel_sizes {
+    int vocab, hidden, n_layers, n_heads, n_kv_heads, head_dim, ffn;
+    int qkv_fused; /* width of a fused query_key_value output, 0 when separate */
+} qmodel_sizes;
+
+/* Bound by `bind` for the engine. lm_head is the embedding table when tied. */
+typedef struct qmodel_io {
+    const void *embed;   /* [vocab, hidden] */
+    qdtype embed_dt;
+    qbk_norm final_norm;
+    qbk_linear lm_head;
+} qmodel_io;
+
+/* One forward piece: tokens at positions [p0, p0 + n) whose embeddings are
+ * in x; `forward` leaves the last block's output there. Buffers hold the
+ * session's n_batch rows: x, xn, xn2, attn, tmp [.., hidden]; q [.., Hq·D];
+ * k, v [.., Hkv·D]; qkv [.., qkv_fused] (NULL when 0); ff_a, ff_b [.., ffn]. */
+typedef struct qmodel_run {
+    const qbackend_ops *ops;
+    qbackend *be;
+    qbk_kv *kv;
+    qbk_buf *x, *xn, *xn2, *q, *k, *v, *qkv, *attn, *ff_a, *ff_b, *tmp;
+    int n, p0;
+    int64_t seq_len;          /* rotary seq_len: the largest position of the call + 1 */
+    const atomic_int *cancel; /* polled between blocks (may be NULL) */
+} qmodel_run;
+
 typedef struct qmodel_family {
     const char *name; /* "llama", "falcon": the .qbin "architecture" */
     /* True if this family handles the config (architectures / model_type). */
@@ -62,7 +99,46 @@ typedef struct qmodel_family {
     /* List the expected tensors for the hyper-parameters. `has_lm_head`
      * tells whether the checkpoint stores lm_head.weight (untied). */
     bool (*plan)(const cJSON *hparams, bool has_lm_head, qmodel_plan *plan, qerr *err);
+
+    /* Runtime: look up and check every tensor the graph needs in `f` (errors
+     * name the tensor), fill `io`, and return the family's bound model (freed
+     * with unbind). The views point into the mapped file. */
+    void *(*bind)(const qbin_file *f, const cJSON *hparams, qmodel_io *io, qerr *err);
+    void (*unbind)(void *model);
+    /* Run the decoder blocks over r->x. QRUN_ERR_CANCELLED when r->cancel is
+     * set (checked before every block). */
+    qrun_status (*forward)(const void *model, const qmodel_run *r, qerr *err);
 } qmodel_family;
+
+/* ---- binding helpers for the families' bind() (errors name the tensor) -- */
+
+/* The sizes from hparams (checked to be positive and to fit an int). */
+bool qmodel_read_sizes(const cJSON *hp, qmodel_sizes *s, qerr *err);
+/* A Linear "<module>.weight" [rows, cols] (+ "<module>.bias" [rows] when bias). */
+bool qmodel_bind_linear(const qbin_file *f, qbk_linear *l, bool bias, uint64_t rows,
+                        uint64_t cols, qerr *err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 7, 8)))
+#endif
+    ;
+/* A float tensor (f32/f16/bf16) of the given shape (cols 0: 1-D [rows]). */
+bool qmodel_bind_values(const qbin_file *f, const void **data, qdtype *dt, uint64_t rows,
+                        uint64_t cols, qerr *err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 7, 8)))
+#endif
+    ;
+/* A norm "<module>.weight" (+ ".bias" for LayerNorm) of width dim. */
+bool qmodel_bind_norm(const qbin_file *f, qbk_norm *nm, qbk_norm_kind kind, float eps,
+                      uint64_t dim, qerr *err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 7, 8)))
+#endif
+    ;
+/* The hparams "rope" object as a ready qrope (type "none" -> QROPE_NONE). */
+bool qmodel_read_qrope(const cJSON *hp, qrope *r, qerr *err);
+/* hparams number as float (norm_eps). */
+bool qhp_float(const cJSON *hp, const char *key, float *out, qerr *err);
 
 /* The planned tensor named `name`, or NULL. */
 const qmodel_tensor *qmodel_plan_find(const qmodel_plan *p, const char *name);

@@ -1,0 +1,116 @@
+/* The compute backend interface: the ops a decoder block is made of, on
+ * opaque activation buffers that live wherever the backend computes (host
+ * memory for the CPU, device memory for CUDA later). The model graphs in
+ * models/ are written only as calls on this table, so a backend is one more
+ * implementation of it and nothing in models/ changes.
+ *
+ * Buffers are 2-D, [rows, cols] of f32 values (rows = token slots, at most
+ * the capacity given at allocation), row-major and contiguous; an op that
+ * takes `n` works on the first n rows. Every buffer, the KV cache and the
+ * scratch are allocated when a session is created; the ops never allocate.
+ *
+ * Numerics: activations are stored in f32. `act` (set at creation) is the
+ * dtype whose values they are rounded to where transformers would round them
+ * running the model in that dtype (QDT_F32: no rounding; QDT_F16/BF16: HF's
+ * rounding points, see src/cpu/ops.h). `compute` is the dtype weights are
+ * dequantized to before the product (src/cpu/matmul.h): QDT_F32 uses the
+ * exact dequantized values. Results do not depend on the thread count. */
+#ifndef QRUN_BACKEND_H
+#define QRUN_BACKEND_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cpu/ops.h" /* qrope, qrope_params */
+#include "dtype.h"
+#include "error.h"
+#include "weight.h"
+
+typedef struct qbackend qbackend; /* one session's compute state */
+typedef struct qbk_buf qbk_buf;   /* an activation buffer */
+typedef struct qbk_kv qbk_kv;     /* a KV cache, all layers */
+
+/* A Linear layer: weight (any dtype of weight.h) and optional bias. */
+typedef struct qbk_linear {
+    qweight w;
+    const void *bias; /* [w.rows] or NULL */
+    qdtype bias_dt;
+} qbk_linear;
+
+typedef enum qbk_norm_kind { QBK_RMSNORM = 0, QBK_LAYERNORM = 1 } qbk_norm_kind;
+/* A norm's parameters: weight and (LayerNorm) bias of dtype dt, [dim]. */
+typedef struct qbk_norm {
+    qbk_norm_kind kind;
+    const void *w, *b;
+    qdtype dt;
+    float eps;
+} qbk_norm;
+
+/* How the rows of a fused query_key_value output split into q, k and v
+ * (docs/model-metadata.md, qkv_layout). */
+typedef enum qbk_qkv_layout {
+    QBK_QKV_GROUPED = 0,     /* Hkv groups of [Hq/Hkv q heads, k, v] */
+    QBK_QKV_MULTI_QUERY = 1, /* Hq q heads, then k, then v (Hkv = 1) */
+    QBK_QKV_INTERLEAVED = 2, /* per head h: q_h, k_h, v_h (Hkv = Hq) */
+} qbk_qkv_layout;
+
+typedef struct qbackend_config {
+    int n_threads;      /* <= 0: one per CPU */
+    int max_rows;       /* most tokens per op (the session's batch) */
+    qdtype act;         /* activation rounding dtype */
+    qdtype compute;     /* weight dequantization dtype */
+    size_t matmul_scratch; /* bytes qmatmul may need (int8), 0 when none */
+} qbackend_config;
+
+typedef struct qbackend_ops {
+    const char *name; /* "cpu" */
+    qbackend *(*create)(const qbackend_config *cfg, qerr *err);
+    void (*destroy)(qbackend *be);
+
+    qbk_buf *(*buf_alloc)(qbackend *be, int rows, int cols, qerr *err);
+    void (*buf_free)(qbackend *be, qbk_buf *b);
+    /* KV cache for n_layers layers of n_kv_heads x n_ctx x head_dim, f16/f32. */
+    qbk_kv *(*kv_alloc)(qbackend *be, int n_layers, int n_kv_heads, int n_ctx, int head_dim,
+                        qdtype dt, qerr *err);
+    void (*kv_free)(qbackend *be, qbk_kv *kv);
+
+    /* out[i] = table[ids[i]] for a [V, dim] f32/f16/bf16 table; ids on the host. */
+    void (*embed)(qbackend *be, const void *table, qdtype table_dt, int dim, const int32_t *ids,
+                  int n, qbk_buf *out);
+    /* y[n, w.rows] = x[n, w.cols] · Wᵀ + bias, then rounded to act. x != y. */
+    bool (*matmul)(qbackend *be, const qbk_linear *l, const qbk_buf *x, int n, qbk_buf *y,
+                   qerr *err);
+    /* y = norm(x) row-wise over dim = the buffers' width; y may equal x. */
+    void (*norm)(qbackend *be, const qbk_norm *nm, const qbk_buf *x, int n, qbk_buf *y);
+    /* Split a fused qkv [n, (Hq + 2 Hkv) D] into q [n, Hq D], k and v [n, Hkv D]. */
+    void (*qkv_split)(qbackend *be, qbk_qkv_layout layout, const qbk_buf *qkv, int n, int n_heads,
+                      int n_kv_heads, int head_dim, qbk_buf *q, qbk_buf *k, qbk_buf *v);
+    /* Rotary embedding in place on the n_heads heads of x's first n rows,
+     * token t at position p0 + t; seq_len as cpu_rope (dynamic NTK). */
+    void (*rope)(qbackend *be, const qrope *r, int64_t seq_len, qbk_buf *x, int n, int n_heads,
+                 int p0);
+    /* Store k, v (n rows of Hkv D) into `layer` at positions [p0, p0 + n). */
+    void (*kv_store)(qbackend *be, qbk_kv *kv, int layer, int p0, int n, const qbk_buf *k,
+                     const qbk_buf *v);
+    /* Causal attention of q's n rows (positions p0..) over the cache's
+     * positions [0, p0 + n) of `layer`; alibi_slopes [n_heads] (host) or NULL. */
+    void (*attention)(qbackend *be, qbk_kv *kv, int layer, const qbk_buf *q, int n, int p0,
+                      int n_heads, const float *alibi_slopes, qbk_buf *out);
+    /* out = silu(gate) * up, n rows; out may alias gate or up. */
+    void (*swiglu)(qbackend *be, const qbk_buf *gate, const qbk_buf *up, int n, qbk_buf *out);
+    /* x = gelu(x) (erf), n rows. */
+    void (*gelu)(qbackend *be, qbk_buf *x, int n);
+    /* out = a + b, n rows; out may alias a or b. */
+    void (*add)(qbackend *be, const qbk_buf *a, const qbk_buf *b, int n, qbk_buf *out);
+    /* dst rows [dst_row, +n) = src rows [src_row, +n) (same width). */
+    void (*copy_rows)(qbackend *be, const qbk_buf *src, int src_row, qbk_buf *dst, int dst_row,
+                      int n);
+    /* Copy n rows of b to host memory (n x width floats). */
+    void (*to_host)(qbackend *be, const qbk_buf *b, int n, float *host);
+} qbackend_ops;
+
+extern const qbackend_ops qbackend_cpu;
+
+#endif

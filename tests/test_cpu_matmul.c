@@ -408,7 +408,7 @@ END_TEST
 
 /* bnb-format.md §5 transcribed as plainly as possible, scalar. x is [M,K]
  * at compute-dtype values; returns y as f32 values of T. */
-static float *int8_reference(const qweight *w, const float *x, uint64_t M, qdtype T, qdtype bt,
+static float *int8_reference(const qweight *w, const float *x, uint64_t M, qdtype T,
                              const float *bvals)
 {
     uint64_t N = w->rows, K = w->cols;
@@ -493,7 +493,7 @@ START_TEST(int8_random_vs_transcription)
         float *bvals = malloc(N * sizeof *bvals);
         void *bias = bt == QDT_COUNT ? NULL : make_bias(bt, N, bvals);
         float *y = run_all_threads(&t.w, x, M, T, bt, bias);
-        float *ref = int8_reference(&t.w, x, M, T, bt, bias ? bvals : NULL);
+        float *ref = int8_reference(&t.w, x, M, T, bias ? bvals : NULL);
         for (uint64_t i = 0; i < M * N; i++)
             ck_assert_msg(bits(y[i]) == bits(ref[i]) || (y[i] == 0 && ref[i] == 0),
                           "int8 tau=%g T=%s M=%llu N=%llu K=%llu: y[%llu] %a vs %a",

@@ -26,11 +26,11 @@
 
 #define DEFAULT_CHUNK_BYTES (16u << 20)
 
-static const char *const quant_names[] = {"nf4", "fp4", "int8", "f16", "bf16"};
+static const char *const quant_names[] = {"nf4", "fp4", "int8", "f16", "bf16", "f32"};
 
 int qconvert_quant_from_name(const char *name)
 {
-    for (int i = 0; name && i < 5; i++)
+    for (int i = 0; name && i < 6; i++)
         if (strcmp(name, quant_names[i]) == 0)
             return i;
     return -1;
@@ -38,7 +38,7 @@ int qconvert_quant_from_name(const char *name)
 
 const char *qconvert_quant_name(qconvert_quant q)
 {
-    return (unsigned)q < 5 ? quant_names[q] : "?";
+    return (unsigned)q < 6 ? quant_names[q] : "?";
 }
 
 void qconvert_options_init(qconvert_options *o)
@@ -91,8 +91,13 @@ static void round_to(qdtype t, float *x, uint64_t n)
             x[i] = qbf16_to_f32(qf32_to_bf16(x[i]));
 }
 
-static void store_16(qdtype t, const float *x, uint64_t n, unsigned char *out)
+/* Store f32 values as `t` (f16, bf16 or f32) little-endian. */
+static void store_as(qdtype t, const float *x, uint64_t n, unsigned char *out)
 {
+    if (t == QDT_F32) {
+        memcpy(out, x, n * 4);
+        return;
+    }
     for (uint64_t i = 0; i < n; i++) {
         uint16_t h = t == QDT_F16 ? qf32_to_f16(x[i]) : qf32_to_bf16(x[i]);
         memcpy(out + 2 * i, &h, 2);
@@ -138,8 +143,9 @@ static bool write_plain(conv *c, const qmodel_tensor *pt, const st_tensor *st, q
         if (!read_slice(c, st, first, cnt))
             return false;
         round_to(c->compute, c->src, cnt); /* the model is loaded in the compute dtype */
-        store_16(out, c->src, cnt, c->dst);
-        if (!qbin_writer_write(c->w, c->dst, cnt * 2, c->err) || !report(c, cnt * item))
+        store_as(out, c->src, cnt, c->dst);
+        if (!qbin_writer_write(c->w, c->dst, cnt * (out == QDT_F32 ? 4 : 2), c->err) ||
+            !report(c, cnt * item))
             return false;
     }
     return qbin_writer_end(c->w, c->err);
@@ -262,6 +268,7 @@ static bool write_tensor(conv *c, const qmodel_tensor *pt)
         case QCONVERT_INT8: return write_int8(c, pt, st);
         case QCONVERT_F16: return write_plain(c, pt, st, QDT_F16);
         case QCONVERT_BF16: return write_plain(c, pt, st, QDT_BF16);
+        case QCONVERT_F32: return write_plain(c, pt, st, QDT_F32);
         }
     }
     return write_plain(c, pt, st, c->compute);
@@ -329,6 +336,8 @@ static int pick_compute_dtype(const qconvert_options *o, const cJSON *config)
         return QDT_F16;
     if (o->quant == QCONVERT_BF16)
         return QDT_BF16;
+    if (o->quant == QCONVERT_F32)
+        return QDT_F32;
     const char *d = qmodel_config_dtype(config);
     if (d && strcmp(d, "bfloat16") == 0)
         return QDT_BF16;
@@ -355,7 +364,7 @@ static qrun_status check_options(const qconvert_options *o, qerr *err)
 {
     if (!o->input_dir || !o->output_path)
         return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "input directory and output path needed");
-    if ((unsigned)o->quant > QCONVERT_BF16)
+    if ((unsigned)o->quant > QCONVERT_F32)
         return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "unknown quantization %d", (int)o->quant);
     bool four = o->quant == QCONVERT_NF4 || o->quant == QCONVERT_FP4;
     if (four && !quant_blocksize_valid(o->blocksize))
@@ -365,8 +374,9 @@ static qrun_status check_options(const qconvert_options *o, qerr *err)
     if (o->double_quant && !four)
         return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
                         "double quantization applies to nf4 and fp4 only");
-    if (o->compute_dtype >= 0 && o->compute_dtype != QDT_F16 && o->compute_dtype != QDT_BF16)
-        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "compute dtype must be f16 or bf16");
+    if (o->compute_dtype >= 0 && o->compute_dtype != QDT_F16 && o->compute_dtype != QDT_BF16 &&
+        o->compute_dtype != QDT_F32)
+        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "compute dtype must be f16, bf16 or f32");
     if (!(o->int8_threshold >= 0.0f) || o->int8_threshold > 65504.0f)
         return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
                         "int8 threshold %g: must be between 0 and 65504", o->int8_threshold);
@@ -466,7 +476,7 @@ qrun_status qconvert_run(const qconvert_options *o, qconvert_stats *stats, qerr 
     if (c.chunk_elems == 0)
         c.chunk_elems = 8192;
     c.src = malloc(c.chunk_elems * sizeof *c.src);
-    c.dst = malloc(c.chunk_elems * 2);
+    c.dst = malloc(c.chunk_elems * 4); /* f32 output at most */
     if (!c.src || !c.dst) {
         qerr_set(err, QRUN_ERR_NO_MEMORY, "no memory for %llu-element working buffers",
                  (unsigned long long)c.chunk_elems);

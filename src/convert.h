@@ -15,7 +15,8 @@ typedef enum qconvert_quant {
     QCONVERT_FP4,
     QCONVERT_INT8,
     QCONVERT_F16,
-    QCONVERT_BF16
+    QCONVERT_BF16,
+    QCONVERT_F32      /* unquantized f32, e.g. to check an f32 checkpoint exactly */
 } qconvert_quant;
 
 /* "nf4" -> QCONVERT_NF4 ...; -1 when unknown. */
@@ -35,7 +36,7 @@ typedef struct qconvert_options {
     qconvert_quant quant;
     bool double_quant;       /* nf4/fp4 only: bnb_4bit_use_double_quant */
     int blocksize;           /* nf4/fp4; 0 means 64 */
-    int compute_dtype;       /* QDT_F16 or QDT_BF16; -1: from the checkpoint */
+    int compute_dtype;       /* QDT_F16, QDT_BF16 or QDT_F32; -1: from the checkpoint */
     float int8_threshold;    /* LLM.int8 outlier threshold stored in metadata */
     uint64_t chunk_bytes;    /* working-slice size; 0 means 16 MiB */
     /* Called after every chunk; return false to cancel. */

@@ -263,8 +263,11 @@ qengine *qengine_load(const char *path, const qengine_opts *o, qerr *err)
         e->model_dtype = QDT_F16;
     else if (cJSON_IsString(cd) && strcmp(cd->valuestring, "bf16") == 0)
         e->model_dtype = QDT_BF16;
+    else if (cJSON_IsString(cd) && strcmp(cd->valuestring, "f32") == 0)
+        e->model_dtype = QDT_F32;
     else {
-        qerr_set(err, QRUN_ERR_FORMAT, "metadata: \"compute_dtype\" must be \"f16\" or \"bf16\"");
+        qerr_set(err, QRUN_ERR_FORMAT,
+                 "metadata: \"compute_dtype\" must be \"f16\", \"bf16\" or \"f32\"");
         goto fail_named;
     }
     e->compute_name = cd->valuestring;

@@ -83,11 +83,18 @@ static int dir_entries(const char *dir)
 
 static float round_to(qdtype t, float v)
 {
+    if (t == QDT_F32)
+        return v;
     return t == QDT_BF16 ? qbf16_to_f32(qf32_to_bf16(v)) : qf16_to_f32(qf32_to_f16(v));
 }
 
 static float read16(qdtype t, const unsigned char *p, uint64_t i)
 {
+    if (t == QDT_F32) {
+        float f;
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
     uint16_t h;
     memcpy(&h, p + 2 * i, 2);
     return t == QDT_BF16 ? qbf16_to_f32(h) : qf16_to_f32(h);
@@ -111,7 +118,7 @@ static void verify_file(const char *dir, const char *path, qconvert_quant q, boo
     const cJSON *qm = cJSON_GetObjectItem(meta, "quantization");
     ck_assert_str_eq(cJSON_GetObjectItem(qm, "weights")->valuestring, qconvert_quant_name(q));
     qdtype compute = (qdtype)qdtype_from_name(cJSON_GetObjectItem(meta, "compute_dtype")->valuestring);
-    ck_assert(compute == QDT_F16 || compute == QDT_BF16);
+    ck_assert(compute == QDT_F16 || compute == QDT_BF16 || compute == QDT_F32);
 
     cJSON *hp = fam->read_config(hf_config(ck), &err);
     ck_assert_msg(hp != NULL, "%s", err.msg);
@@ -141,7 +148,10 @@ static void verify_file(const char *dir, const char *path, qconvert_quant q, boo
         char aux[300];
         bool quantized = pt->role == QROLE_LINEAR && q <= QCONVERT_INT8;
         if (!quantized) {
-            qdtype want = pt->role == QROLE_LINEAR ? (q == QCONVERT_F16 ? QDT_F16 : QDT_BF16) : compute;
+            qdtype want = pt->role != QROLE_LINEAR ? compute
+                          : q == QCONVERT_F16          ? QDT_F16
+                          : q == QCONVERT_F32          ? QDT_F32
+                                                       : QDT_BF16;
             ck_assert_msg(t->dtype == want, "%s: dtype %s", pt->name, qdtype_name(t->dtype));
             for (uint64_t j = 0; j < n; j++) {
                 float want_v = round_to(want, v[j]);
@@ -273,7 +283,7 @@ START_TEST(every_quantization)
     } kinds[] = {
         {QCONVERT_NF4, true, 64},  {QCONVERT_FP4, false, 64}, {QCONVERT_FP4, true, 128},
         {QCONVERT_NF4, false, 32}, {QCONVERT_INT8, false, 64}, {QCONVERT_F16, false, 64},
-        {QCONVERT_BF16, false, 64},
+        {QCONVERT_BF16, false, 64}, {QCONVERT_F32, false, 64},
     };
     const char *dirs[] = {"llama-gqa-llama3", "falcon-7b-style", "falcon-rw-style"};
     for (size_t d = 0; d < sizeof dirs / sizeof *dirs; d++)

@@ -59,7 +59,10 @@ static const char *model_path(const char *variant, const char *mode)
     const char *qd = vstr(variant, "qbin_dtype");
     int src_dt = qd && strcmp(qd, "bfloat16") == 0 ? QDT_BF16 : QDT_F16;
     o.compute_dtype = src_dt;
-    if (strcmp(mode, "src") == 0)
+    const char *sd = vstr(variant, "source_dtype");
+    if (strcmp(mode, "src") == 0 && sd && strcmp(sd, "float32") == 0)
+        o.quant = QCONVERT_F32, o.compute_dtype = QDT_F32;
+    else if (strcmp(mode, "src") == 0)
         o.quant = src_dt == QDT_BF16 ? QCONVERT_BF16 : QCONVERT_F16;
     else if (strcmp(mode, "f16") == 0)
         o.quant = QCONVERT_F16, o.compute_dtype = QDT_F16;
@@ -169,8 +172,9 @@ static double rel_err(const float *a, const float *ref, size_t n)
  * weights only when the checkpoint was stored in that dtype already. */
 static bool exact_weights(const char *v)
 {
+    /* f32 checkpoints are converted with --quant f32 for the "src" file */
     const char *sd = vstr(v, "source_dtype"), *qd = vstr(v, "qbin_dtype");
-    return sd && qd && strcmp(sd, qd) == 0;
+    return sd && (strcmp(sd, "float32") == 0 || (qd && strcmp(sd, qd) == 0));
 }
 
 

@@ -20,12 +20,12 @@ static const char usage_text[] =
     "\n"
     "options:\n"
     "  -o, --output FILE        output .qbin (written to a temporary name first)\n"
-    "  -q, --quant TYPE         nf4 (default), fp4, int8, f16 or bf16\n"
+    "  -q, --quant TYPE         nf4 (default), fp4, int8, f16, bf16 or f32\n"
     "      --double-quant       nf4/fp4: quantize the absmax too\n"
     "                           (bnb_4bit_use_double_quant)\n"
     "      --blocksize N        nf4/fp4 block size: 32, 64 (default), 128, 256,\n"
     "                           512, 1024, 2048 or 4096\n"
-    "      --compute-dtype T    f16 or bf16 (default: the checkpoint's dtype;\n"
+    "      --compute-dtype T    f16, bf16 or f32 (default: the checkpoint's dtype;\n"
     "                           f16 for float32 checkpoints)\n"
     "      --int8-threshold T   LLM.int8 outlier threshold (default 6.0; 0 = none)\n"
     "      --quiet              no progress output\n"
@@ -123,7 +123,8 @@ int main(int argc, char **argv)
             NEED_VALUE();
             int q = qconvert_quant_from_name(next);
             if (q < 0)
-                return usage_error("unknown quantization '%s' (nf4, fp4, int8, f16, bf16)", next);
+                return usage_error("unknown quantization '%s' (nf4, fp4, int8, f16, bf16, f32)",
+                                   next);
             o.quant = (qconvert_quant)q;
         } else if (!strcmp(a, "--double-quant")) {
             o.double_quant = true;
@@ -140,8 +141,10 @@ int main(int argc, char **argv)
                 o.compute_dtype = QDT_F16;
             else if (!strcmp(next, "bf16") || !strcmp(next, "bfloat16"))
                 o.compute_dtype = QDT_BF16;
+            else if (!strcmp(next, "f32") || !strcmp(next, "float32"))
+                o.compute_dtype = QDT_F32;
             else
-                return usage_error("unknown compute dtype '%s' (f16, bf16)", next);
+                return usage_error("unknown compute dtype '%s' (f16, bf16, f32)", next);
         } else if (!strcmp(a, "--int8-threshold")) {
             NEED_VALUE();
             if (parse_float(next, &o.int8_threshold) != 0)

@@ -23,7 +23,7 @@ static const char usage_text[] =
     "input:\n"
     "  -m, --model FILE         the .qbin model (required)\n"
     "  -p, --prompt TEXT        the prompt\n"
-    "  -f, --file FILE          read the prompt from FILE\n"
+    "  -f, --file FILE          read the prompt from FILE (- = standard input)\n"
     "      --chat               interactive multi-turn chat on stdin with the model's\n"
     "                           chat template (or a plain User:/Assistant: format);\n"
     "                           /exit or end of input quits, Ctrl-C stops a reply\n"
@@ -136,11 +136,54 @@ static bool buf_add(buf *b, const char *s, size_t n)
     return true;
 }
 
-static void json_string(FILE *f, const char *s, size_t n)
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one. */
+static size_t utf8_len(const unsigned char *s, size_t n)
 {
+    unsigned c = s[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4, min = 0x10000;
+    else
+        return 0;
+    if (n < len)
+        return 0;
+    unsigned cp = c & (0x7fu >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* A JSON string; bytes that are not valid UTF-8 become U+FFFD so the output
+ * always parses. */
+static void json_string(FILE *f, const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
     fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t l = utf8_len(s + i, n - i);
+        if (l == 0) {
+            fputs("\\ufffd", f);
+            i++;
+            continue;
+        }
+        if (l > 1) {
+            fwrite(s + i, 1, l, f);
+            i += l;
+            continue;
+        }
         switch (c) {
         case '"': fputs("\\\"", f); break;
         case '\\': fputs("\\\\", f); break;
@@ -148,11 +191,12 @@ static void json_string(FILE *f, const char *s, size_t n)
         case '\r': fputs("\\r", f); break;
         case '\t': fputs("\\t", f); break;
         default:
-            if (c < 0x20)
+            if (c < 0x20 || c == 0x7f)
                 fprintf(f, "\\u%04x", c);
             else
                 fputc(c, f);
         }
+        i++;
     }
     fputc('"', f);
 }
@@ -280,7 +324,8 @@ static int32_t *tokenize(qrun_model *m, const char *text, size_t len, unsigned f
 
 static char *read_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
+    bool is_stdin = !strcmp(path, "-");
+    FILE *f = is_stdin ? stdin : fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "qrun: %s: %s\n", path, strerror(errno));
         return NULL;
@@ -290,13 +335,15 @@ static char *read_file(const char *path, size_t *len)
     size_t r;
     while ((r = fread(chunk, 1, sizeof chunk, f)) > 0)
         if (!buf_add(&b, chunk, r)) {
-            fclose(f);
+            if (!is_stdin)
+                fclose(f);
             free(b.p);
             fprintf(stderr, "qrun: %s: out of memory\n", path);
             return NULL;
         }
     bool bad = ferror(f);
-    fclose(f);
+    if (!is_stdin)
+        fclose(f);
     if (bad) {
         fprintf(stderr, "qrun: %s: read error\n", path);
         free(b.p);
@@ -308,15 +355,18 @@ static char *read_file(const char *path, size_t *len)
     return b.p;
 }
 
-static void print_stats(const options *o, double load_s, const qrun_generate_result *r)
+static void print_stats(const options *o, double load_s, const qrun_generate_result *r,
+                        size_t n_prompt)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double p_tps = r->prompt_seconds > 0 ? r->n_prompt_tokens / r->prompt_seconds : 0;
     double g_tps = r->generate_seconds > 0 ? r->n_generated / r->generate_seconds : 0;
-    fprintf(stderr, "\nqrun: load %.2f s | prompt %d tokens, %.2f s, %.1f tok/s | generated %d tokens, "
+    fprintf(stderr, "\nqrun: load %.2f s | prompt %d tokens (+%zu cached), %.2f s, %.1f tok/s | generated %d tokens, "
                     "%.2f s, %.1f tok/s | stop: %s | peak RSS %.1f MiB | seed %llu\n",
-            load_s, r->n_prompt_tokens, r->prompt_seconds, p_tps, r->n_generated,
+            load_s, r->n_prompt_tokens,
+            n_prompt > (size_t)r->n_prompt_tokens ? n_prompt - (size_t)r->n_prompt_tokens : 0,
+            r->prompt_seconds, p_tps, r->n_generated,
             r->generate_seconds, g_tps, stop_name(r->stop_reason), (double)ru.ru_maxrss / 1024.0,
             (unsigned long long)o->seed);
 }
@@ -356,9 +406,19 @@ static int run_prompt(const options *o, qrun_model *m, qrun_session *s, const ch
         /* Keep the end, leaving room for the reply (half the context at most). */
         int room = o->n_predict > 0 && o->n_predict < n_ctx / 2 ? o->n_predict : n_ctx / 2;
         size_t keep = (size_t)(n_ctx - (room > 0 ? room : 1));
-        prompt = ids + (n - keep);
+        if (keep < 1)
+            keep = 1;
+        /* A BOS the tokenizer added stays in front of the kept tail. */
+        qrun_model_info mi;
+        qrun_model_get_info(m, &mi);
+        if (keep > 1 && !o->no_special && mi.bos_id >= 0 && ids[0] == mi.bos_id) {
+            memmove(ids + 1, ids + (n - (keep - 1)), (keep - 1) * sizeof *ids);
+            prompt = ids;
+        } else {
+            prompt = ids + (n - keep);
+        }
         if (o->verbose)
-            fprintf(stderr, "qrun: prompt truncated from %zu to its last %zu tokens\n", n, keep);
+            fprintf(stderr, "qrun: prompt truncated from %zu to %zu tokens (its end)\n", n, keep);
         n = keep;
     }
 
@@ -376,7 +436,7 @@ static int run_prompt(const options *o, qrun_model *m, qrun_session *s, const ch
         }
     }
     g_session = s;
-    qrun_generate_result r;
+    qrun_generate_result r = {0};
     qrun_status st = qrun_generate_tokens(s, prompt, n, &gp, on_token, &g, &r);
     g_session = NULL;
     int rc = 0;
@@ -414,7 +474,7 @@ static int run_prompt(const options *o, qrun_model *m, qrun_session *s, const ch
         fputc('\n', stdout);
     }
     if (o->verbose && (rc == 0 || rc == 130))
-        print_stats(o, load_s, &r);
+        print_stats(o, load_s, &r, n);
     if (g.text) {
         for (int i = 0; i < o->n_seq; i++) {
             free(g.text[i].p);
@@ -503,11 +563,13 @@ static int run_chat(const options *o, qrun_model *m, qrun_session *s, double loa
         gen_out g = {.o = o, .n_seq = 1, .text = &reply, .stream = true, .last_seq = 0};
         g_interrupts = 0;
         g_session = s;
-        qrun_generate_result r;
+        qrun_generate_result r = {0};
         qrun_status st = qrun_generate_tokens(s, ids, n, &gp, on_token, &g, &r);
         g_session = NULL;
         free(ids);
         fputc('\n', stdout);
+        if (st == QRUN_ERR_CANCELLED)
+            fprintf(stderr, "qrun: reply stopped (Ctrl-C again to quit)\n");
         if (st != QRUN_OK && st != QRUN_ERR_CANCELLED) {
             fprintf(stderr, "qrun: %s\n", qrun_session_last_error(s));
             free(reply.p);
@@ -515,7 +577,7 @@ static int run_chat(const options *o, qrun_model *m, qrun_session *s, double loa
             break;
         }
         if (o->verbose)
-            print_stats(o, load_s, &r);
+            print_stats(o, load_s, &r, n);
         owned[n_msgs] = reply.p ? reply.p : strdup("");
         msgs[n_msgs] = (qrun_chat_message){"assistant", owned[n_msgs]};
         n_msgs++;
@@ -528,15 +590,12 @@ static int run_chat(const options *o, qrun_model *m, qrun_session *s, double loa
     return rc;
 }
 
-int main(int argc, char **argv)
+static int run(int argc, char **argv, const char **stops)
 {
     options o = {.n_predict = 256, .top_k = 40, .repeat_last_n = 64, .n_batch = 512, .n_seq = 1,
                  .temp = 0.8f, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1.0f,
                  .backend = QRUN_BACKEND_AUTO, .kv = QRUN_KV_F16, .gpu_layers = -1,
                  .verify = true};
-    const char **stops = calloc((size_t)argc, sizeof *stops);
-    if (!stops)
-        return 1;
     o.stop = stops;
 
     for (int i = 1; i < argc; i++) {
@@ -683,8 +742,12 @@ int main(int argc, char **argv)
         return usage_error("%s", "use only one of -p, -f and --chat");
     if (o.chat && (o.json || o.tokenize))
         return usage_error("%s", "--chat does not combine with --json or --tokenize");
-    if (!o.seed_given)
-        o.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
+    if (!o.seed_given) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        o.seed = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^
+                 ((uint64_t)getpid() << 32);
+    }
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -700,8 +763,12 @@ int main(int argc, char **argv)
     mp.verify_checksums = o.verify;
     char err[2048];
     qrun_model *m = NULL;
-    if (qrun_model_load(o.model, &mp, &m, err, sizeof err) != QRUN_OK) {
-        fprintf(stderr, "qrun: %s\n", err);
+    qrun_status lst = qrun_model_load(o.model, &mp, &m, err, sizeof err);
+    if (lst != QRUN_OK) {
+        fprintf(stderr, "qrun: %s\n", err[0] ? err : qrun_status_string(lst));
+        if (o.backend == QRUN_BACKEND_CUDA &&
+            (lst == QRUN_ERR_UNSUPPORTED || lst == QRUN_ERR_DEVICE))
+            fprintf(stderr, "qrun: try --backend auto or --backend cpu\n");
         return 1;
     }
     double load_s = now() - t0;
@@ -749,6 +816,18 @@ int main(int argc, char **argv)
     }
     free(file_text);
     qrun_model_free(m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    /* Every --stop value, at most one per argument. */
+    const char **stops = calloc((size_t)argc + 1, sizeof *stops);
+    if (!stops) {
+        fprintf(stderr, "qrun: out of memory\n");
+        return 1;
+    }
+    int rc = run(argc, argv, stops);
     free(stops);
     return rc;
 }

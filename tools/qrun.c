@@ -745,8 +745,12 @@ static int run(int argc, char **argv, const char **stops)
     if (!o.seed_given) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        o.seed = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^
-                 ((uint64_t)getpid() << 32);
+        uint64_t x = ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^
+                     ((uint64_t)getpid() << 32);
+        x ^= x >> 33;
+        x *= 0xff51afd7ed558ccdull;
+        x ^= x >> 33;
+        o.seed = x & 0xffffffffu; /* short enough to retype, exact in any JSON reader */
     }
 
     struct sigaction sa;

@@ -58,17 +58,27 @@ bool qmodel_plan_add(qmodel_plan *p, qmodel_role role, int ndim, uint64_t d0, ui
     return true;
 }
 
+/* Format a module path ("model.layers.3.mlp.up_proj") into out, which
+ * holds QMODEL_NAME_MAX bytes; false with an error when it does not fit. */
+static bool module_name(char *out, qerr *err, const char *fmt, va_list ap)
+{
+    int n = vsnprintf(out, QMODEL_NAME_MAX, fmt, ap);
+    if (n < 0 || n >= QMODEL_NAME_MAX)
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "tensor name too long (%d bytes)", n) ==
+               QRUN_OK;
+    return true;
+}
+
 bool qmodel_plan_add_linear(qmodel_plan *p, bool bias, uint64_t out, uint64_t in, qerr *err,
                             const char *fmt, ...)
 {
     char module[QMODEL_NAME_MAX];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(module, sizeof module, fmt, ap);
+    bool named = module_name(module, err, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof module)
-        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "tensor plan: name too long (%d bytes)", n) ==
-               QRUN_OK;
+    if (!named)
+        return false;
     if (!qmodel_plan_add(p, QROLE_LINEAR, 2, out, in, err, "%s.weight", module))
         return false;
     return !bias || qmodel_plan_add(p, QROLE_BIAS, 1, out, 0, err, "%s.bias", module);
@@ -726,10 +736,10 @@ bool qmodel_bind_linear(const qbin_file *f, qbk_linear *l, bool bias, uint64_t r
     char module[QMODEL_NAME_MAX], name[QMODEL_NAME_MAX + 8];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(module, sizeof module, fmt, ap);
+    bool named = module_name(module, err, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof module)
-        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "tensor name too long") == QRUN_OK;
+    if (!named)
+        return false;
     memset(l, 0, sizeof *l);
     snprintf(name, sizeof name, "%s.weight", module);
     if (!qbin_find(f, name))
@@ -756,10 +766,10 @@ bool qmodel_bind_norm(const qbin_file *f, qbk_norm *nm, qbk_norm_kind kind, floa
     char module[QMODEL_NAME_MAX], name[QMODEL_NAME_MAX + 8];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(module, sizeof module, fmt, ap);
+    bool named = module_name(module, err, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof module)
-        return qerr_set(err, QRUN_ERR_UNSUPPORTED, "tensor name too long") == QRUN_OK;
+    if (!named)
+        return false;
     memset(nm, 0, sizeof *nm);
     nm->kind = kind;
     nm->eps = eps;

@@ -1543,37 +1543,26 @@ static node *parse_not(parser *p)
     return parse_compare(p);
 }
 
-static node *parse_and(parser *p)
+/* A left-associative chain "x KW y KW z" of one keyword operator. */
+static node *parse_kw_chain(parser *p, const char *kw, int kind, node *(*operand)(parser *))
 {
-    node *n = parse_not(p);
-    while (n && is_kw(p, "and")) {
-        node *a = mk(p, N_AND, cur(p)->pos);
+    node *n = operand(p);
+    while (n && is_kw(p, kw)) {
+        node *op = mk(p, kind, cur(p)->pos);
         p->i++;
-        if (!a)
+        if (!op)
             return NULL;
-        a->a = n;
-        if (!(a->b = parse_not(p)))
+        op->a = n;
+        if (!(op->b = operand(p)))
             return NULL;
-        n = a;
+        n = op;
     }
     return n;
 }
 
-static node *parse_or(parser *p)
-{
-    node *n = parse_and(p);
-    while (n && is_kw(p, "or")) {
-        node *o = mk(p, N_OR, cur(p)->pos);
-        p->i++;
-        if (!o)
-            return NULL;
-        o->a = n;
-        if (!(o->b = parse_and(p)))
-            return NULL;
-        n = o;
-    }
-    return n;
-}
+static node *parse_and(parser *p) { return parse_kw_chain(p, "and", N_AND, parse_not); }
+
+static node *parse_or(parser *p) { return parse_kw_chain(p, "or", N_OR, parse_and); }
 
 static node *parse_expr(parser *p, bool condexpr)
 {

@@ -96,7 +96,7 @@ typedef struct qrun_model_params {
     uint32_t struct_size;
     qrun_backend backend;
     int n_threads;          /* CPU threads; 0 = one per core */
-    int gpu_layers;         /* layers on the GPU; -1 = as many as fit */
+    int gpu_layers;         /* layers on the GPU; -1 = as many as fit, 0 = none */
     bool verify_checksums;  /* check every tensor's checksum (default true) */
     qrun_progress_fn progress;
     void *progress_user;
@@ -115,7 +115,7 @@ typedef struct qrun_model_info {
     const char *architecture;   /* "llama", "falcon" */
     const char *weights;        /* "nf4", "fp4", "int8", "f16", "bf16" */
     const char *compute_dtype;  /* "f16", "bf16" */
-    const char *backend;        /* "cpu", "cuda" */
+    const char *backend;        /* "cpu", "cuda", "cuda+cpu" (partial offload) */
     int32_t vocab_size;
     int32_t n_ctx_train;        /* max_position_embeddings */
     int32_t n_layers;
@@ -123,6 +123,11 @@ typedef struct qrun_model_info {
     uint64_t weight_bytes;      /* bytes of all tensors */
     int32_t bos_id, eos_id;     /* -1 when none */
     bool has_chat_template;
+    /* Added with the CUDA engine (backend is then "cuda", or "cuda+cpu" when
+     * only the first n_gpu_layers layers are on the GPU): */
+    int32_t n_gpu_layers;       /* decoder layers on the GPU; 0 = CPU only */
+    const char *gpu_name;       /* the GPU's name; "" when none is used */
+    uint64_t gpu_weight_bytes;  /* device memory holding the weights */
 } qrun_model_info;
 /* The strings stay valid while the model lives. */
 QRUN_API void qrun_model_get_info(const qrun_model *model, qrun_model_info *info);

@@ -360,9 +360,13 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
     const qbackend_ops *B = r->ops;
     qbackend *be = r->be;
     const int n = r->n, Hq = m->s.n_heads, Hkv = m->s.n_kv_heads;
-    for (int i = 0; i < m->s.n_layers; i++) {
+    if (r->layer_begin < 0 || r->layer_begin > r->layer_end || r->layer_end > m->s.n_layers)
+        return qerr_set(err, QRUN_ERR_INTERNAL, "falcon: layer range [%d, %d) of %d layers",
+                        r->layer_begin, r->layer_end, m->s.n_layers);
+    for (int i = r->layer_begin; i < r->layer_end; i++) {
         if (r->cancel && atomic_load(r->cancel))
             return qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
+        const int kl = i - r->layer_begin; /* the cache holds the range's layers */
         const falcon_layer *L = &m->layers[i];
         B->norm(be, &L->ln_a, r->x, n, r->xn);
         if (m->wiring == FALCON_PARALLEL_TWO)
@@ -373,8 +377,8 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
             B->rope(be, &m->rope, r->seq_len, r->q, n, Hq, r->p0);
             B->rope(be, &m->rope, r->seq_len, r->k, n, Hkv, r->p0);
         }
-        B->kv_store(be, r->kv, i, r->p0, n, r->k, r->v);
-        B->attention(be, r->kv, i, r->q, n, r->p0, Hq, m->slopes, r->attn);
+        B->kv_store(be, r->kv, kl, r->p0, n, r->k, r->v);
+        B->attention(be, r->kv, kl, r->q, n, r->p0, Hq, m->slopes, r->attn);
         FALCON_MM(&L->dense, r->attn, r->tmp);
         if (m->wiring == FALCON_SEQUENTIAL) {
             /* h = x + attn; y = h + mlp(post_attention_layernorm(h)) */

@@ -76,16 +76,21 @@ typedef struct qmodel_io {
     qbk_linear lm_head;
 } qmodel_io;
 
-/* One forward piece: tokens at positions [p0, p0 + n) whose embeddings are
- * in x; `forward` leaves the last block's output there. Buffers hold the
- * session's n_batch rows: x, xn, xn2, attn, tmp [.., hidden]; q [.., Hq·D];
- * k, v [.., Hkv·D]; qkv [.., qkv_fused] (NULL when 0); ff_a, ff_b [.., ffn]. */
+/* One forward piece: tokens at positions [p0, p0 + n) whose hidden states
+ * (the embeddings, or the output of block layer_begin - 1) are in x;
+ * `forward` runs blocks [layer_begin, layer_end) and leaves the last one's
+ * output there. A session split over two backends (partial GPU offload)
+ * runs one range on each. kv holds the range's layers only: block i uses
+ * cache layer i - layer_begin. Buffers hold the session's n_batch rows: x,
+ * xn, xn2, attn, tmp [.., hidden]; q [.., Hq·D]; k, v [.., Hkv·D]; qkv
+ * [.., qkv_fused] (NULL when 0); ff_a, ff_b [.., ffn]. */
 typedef struct qmodel_run {
     const qbackend_ops *ops;
     qbackend *be;
     qbk_kv *kv;
     qbk_buf *x, *xn, *xn2, *q, *k, *v, *qkv, *attn, *ff_a, *ff_b, *tmp;
     int n, p0;
+    int layer_begin, layer_end; /* 0 <= begin <= end <= n_layers */
     int64_t seq_len;          /* rotary seq_len: the largest position of the call + 1 */
     const atomic_int *cancel; /* polled between blocks (may be NULL) */
 } qmodel_run;
@@ -105,8 +110,8 @@ typedef struct qmodel_family {
      * with unbind). The views point into the mapped file. */
     void *(*bind)(const qbin_file *f, const cJSON *hparams, qmodel_io *io, qerr *err);
     void (*unbind)(void *model);
-    /* Run the decoder blocks over r->x. QRUN_ERR_CANCELLED when r->cancel is
-     * set (checked before every block). */
+    /* Run decoder blocks [r->layer_begin, r->layer_end) over r->x.
+     * QRUN_ERR_CANCELLED when r->cancel is set (checked before every block). */
     qrun_status (*forward)(const void *model, const qmodel_run *r, qerr *err);
 } qmodel_family;
 

@@ -33,6 +33,9 @@ struct qrun_session {
     int n_past;
     float *logits;         /* [vocab]: logits after the last evaluated token */
     int logits_at;         /* n_past when `logits` was written; -1: none */
+    bool logits_dev;       /* ... and they are still on the device (sampled there) */
+    int32_t *window;       /* the sampler's penalty window, for device sampling */
+    int window_cap;
     float *prompt_logits;  /* [vocab]: logits at the end of the prompt (n_sequences > 1) */
     atomic_int cancel;
     /* The sampler is kept between calls and recreated only when the sampling
@@ -145,20 +148,21 @@ qrun_status qrun_model_load(const char *path, const qrun_model_params *p, qrun_m
     switch (mp.backend) {
     case QRUN_BACKEND_AUTO:
     case QRUN_BACKEND_CPU:
+    case QRUN_BACKEND_CUDA: /* builds without CUDA: the engine says so */
         break;
-    case QRUN_BACKEND_CUDA:
-        return errbuf_set(errbuf, errbuf_size, QRUN_ERR_UNSUPPORTED,
-                          "qrun was built without the CUDA engine: use QRUN_BACKEND_AUTO or "
-                          "QRUN_BACKEND_CPU");
     default:
         return errbuf_set(errbuf, errbuf_size, QRUN_ERR_INVALID_ARGUMENT,
                           "qrun_model_load: unknown backend value");
     }
+    if (mp.gpu_layers < -1)
+        return errbuf_set(errbuf, errbuf_size, QRUN_ERR_INVALID_ARGUMENT,
+                          "qrun_model_load: gpu_layers must be >= -1 (-1 = as many as fit)");
     qrun_model *m = calloc(1, sizeof *m);
     if (!m)
         return errbuf_set(errbuf, errbuf_size, QRUN_ERR_NO_MEMORY, "out of memory");
     qengine_opts o = {
-        .backend = QRUN_BACKEND_CPU, /* AUTO resolves to the CPU engine for now */
+        .backend = mp.backend,
+        .gpu_layers = mp.gpu_layers,
         .n_threads = mp.n_threads,
         .verify_checksums = mp.verify_checksums,
         .progress = mp.progress,
@@ -376,11 +380,17 @@ qrun_status qrun_session_create(qrun_model *model, const qrun_session_params *p,
     s->vocab = qengine_vocab_size(model->e);
     s->logits_at = -1;
     atomic_init(&s->cancel, 0);
+    /* The CPU engine computes in f32 (transformers' float32 run on the
+     * dequantized weights, its most accurate mode); a GPU session computes
+     * in the model's compute dtype, as bitsandbytes does on the GPU (a
+     * partially offloaded session's CPU layers too, so both halves agree). */
     qctx_opts co = {.n_ctx = n_ctx,
                     .n_batch = n_batch,
                     .kv_type = sp.kv_type == QRUN_KV_F32 ? QDT_F32 : QDT_F16,
                     .n_threads = sp.n_threads,
-                    .act_dtype = QDT_F32};
+                    .act_dtype = qengine_gpu_layers(model->e) > 0
+                                     ? qengine_compute_dtype(model->e)
+                                     : QDT_F32};
     qerr err = {0};
     s->ctx = qctx_create(model->e, &co, &err);
     if (!s->ctx) {
@@ -389,6 +399,15 @@ qrun_status qrun_session_create(qrun_model *model, const qrun_session_params *p,
                           err.msg);
     }
     s->n_ctx = qctx_n_ctx(s->ctx);
+    if (qctx_device_sampling(s->ctx)) {
+        s->window_cap = s->n_ctx + 1; /* what the device's window holds */
+        s->window = malloc((size_t)s->window_cap * sizeof *s->window);
+        if (!s->window) {
+            qrun_session_free(s);
+            return errbuf_set(errbuf, errbuf_size, QRUN_ERR_NO_MEMORY,
+                              "out of memory allocating the session");
+        }
+    }
     s->tokens = malloc((size_t)s->n_ctx * sizeof *s->tokens);
     s->logits = malloc((size_t)s->vocab * sizeof *s->logits);
     s->prompt_logits = malloc((size_t)s->vocab * sizeof *s->prompt_logits);
@@ -410,6 +429,7 @@ void qrun_session_free(qrun_session *s)
     free(s->tokens);
     free(s->logits);
     free(s->prompt_logits);
+    free(s->window);
     free(s);
 }
 
@@ -437,6 +457,7 @@ static qrun_status eval_raw(qrun_session *s, const int32_t *ids, int n, float *l
 {
     qerr err = {0};
     s->logits_at = -1;
+    s->logits_dev = false;
     qrun_status st = qctx_forward(s->ctx, ids, n, s->n_past, s->logits, logits_all, &s->cancel,
                                   &err);
     if (st != QRUN_OK) {
@@ -449,6 +470,52 @@ static qrun_status eval_raw(qrun_session *s, const int32_t *ids, int n, float *l
     s->n_past += n;
     s->logits_at = s->n_past;
     return QRUN_OK;
+}
+
+/* Evaluate the sampled token `id` and pick the next one where the logits
+ * are (all layers on the GPU): the same draw and penalty window
+ * qsampler_sample would use next, so the ids are the host sampler's. The
+ * logits stay on the device until something reads them (logits_to_host). */
+static qrun_status eval_sample(qrun_session *s, int32_t id, int32_t *next)
+{
+    qerr err = {0};
+    const qsampler_params *p = qsampler_get_params(s->smp);
+    size_t n = 0;
+    if (p->repeat_penalty != 1.0f) {
+        n = qsampler_window(s->smp, s->window, (size_t)s->window_cap);
+        if (n > (size_t)s->window_cap)
+            n = (size_t)s->window_cap; /* cannot happen: the context bounds it */
+    }
+    qctx_sample cs = {
+        .temperature = p->temperature, .top_k = p->top_k, .top_p = p->top_p,
+        .min_p = p->min_p, .repeat_penalty = p->repeat_penalty, .recent = s->window,
+        .n_recent = (int)n, .draw = qsampler_is_greedy(s->smp) ? 0 : qsampler_draw(s->smp),
+    };
+    s->logits_at = -1;
+    s->logits_dev = false;
+    qrun_status st = qctx_forward_sample(s->ctx, id, s->n_past, &cs, next, &s->cancel, &err);
+    if (st != QRUN_OK) {
+        if (st == QRUN_ERR_CANCELLED && !err.msg[0])
+            snprintf(err.msg, sizeof err.msg, "cancelled");
+        err.code = st;
+        return sess_fail_err(s, &err);
+    }
+    s->tokens[s->n_past++] = id;
+    s->logits_at = s->n_past;
+    s->logits_dev = true;
+    return QRUN_OK;
+}
+
+/* Bring logits left on the device by eval_sample into s->logits. */
+static qrun_status logits_to_host(qrun_session *s, qerr *err)
+{
+    if (!s->logits_dev)
+        return QRUN_OK;
+    s->logits_dev = false;
+    qrun_status st = qctx_last_logits(s->ctx, s->logits, err);
+    if (st != QRUN_OK)
+        s->logits_at = -1;
+    return st;
 }
 
 static qrun_status check_ids(qrun_session *s, const int32_t *ids, size_t n)
@@ -486,6 +553,12 @@ const float *qrun_session_logits(const qrun_session *s)
 {
     if (!s || s->logits_at < 0 || s->logits_at != s->n_past)
         return NULL;
+    if (s->logits_dev) {
+        /* fetched on first use: the session's cache of its last logits */
+        qerr err = {0};
+        if (logits_to_host((qrun_session *)s, &err) != QRUN_OK)
+            return NULL;
+    }
     return s->logits;
 }
 
@@ -669,7 +742,8 @@ qrun_status qrun_generate_tokens(qrun_session *s, const int32_t *prompt_ids, siz
     int common = 0;
     while (common < s->n_past && common < n_pr && s->tokens[common] == prompt_ids[common])
         common++;
-    bool have_logits = common == n_pr && s->n_past == n_pr && s->logits_at == n_pr;
+    bool have_logits = common == n_pr && s->n_past == n_pr && s->logits_at == n_pr &&
+                       logits_to_host(s, &err) == QRUN_OK;
     if (!have_logits) {
         if (common >= n_pr)
             common = n_pr - 1; /* re-evaluate the last token for its logits */
@@ -697,6 +771,7 @@ qrun_status qrun_generate_tokens(qrun_session *s, const int32_t *prompt_ids, siz
             s->n_past = n_pr;
             memcpy(s->logits, s->prompt_logits, (size_t)s->vocab * sizeof *s->logits);
             s->logits_at = n_pr;
+            s->logits_dev = false;
             qstop_reset(stop);
         }
         qsampler_reset(s->smp);
@@ -715,6 +790,11 @@ qrun_status qrun_generate_tokens(qrun_session *s, const int32_t *prompt_ids, siz
         qrun_stop_reason reason = QRUN_STOP_LENGTH;
         bool quiet = false; /* no more callbacks for this sequence */
         int n_gen = 0;
+        /* with every layer on the GPU each step also picks the next token
+         * there (eval_sample); the first one comes from the prompt's logits */
+        const bool on_device = s->window != NULL;
+        int32_t next = -1;
+        bool have_next = false;
         for (;;) {
             if (atomic_load(&s->cancel)) {
                 reason = QRUN_STOP_CANCELLED;
@@ -726,7 +806,17 @@ qrun_status qrun_generate_tokens(qrun_session *s, const int32_t *prompt_ids, siz
                 break;
             }
             int32_t id = -1;
-            if (qsampler_sample(s->smp, s->logits, &id, &err) != QRUN_OK) {
+            if (have_next) {
+                have_next = false;
+                id = next;
+                if (id < 0) { /* as qsampler_sample reports it */
+                    st = sess_fail(s, QRUN_ERR_INVALID_ARGUMENT,
+                                   "sampler: every logit of the %d-token vocabulary is -inf or "
+                                   "NaN",
+                                   (int)s->vocab);
+                    break;
+                }
+            } else if (qsampler_sample(s->smp, s->logits, &id, &err) != QRUN_OK) {
                 st = sess_fail_err(s, &err);
                 break;
             }
@@ -768,12 +858,13 @@ qrun_status qrun_generate_tokens(qrun_session *s, const int32_t *prompt_ids, siz
                 reason = QRUN_STOP_CONTEXT;
                 break;
             }
-            st = eval_raw(s, &id, 1, NULL);
+            st = on_device ? eval_sample(s, id, &next) : eval_raw(s, &id, 1, NULL);
             if (st != QRUN_OK) {
                 if (st == QRUN_ERR_CANCELLED)
                     reason = QRUN_STOP_CANCELLED;
                 break;
             }
+            have_next = on_device;
         }
         res->stop_reason = reason;
         if (st != QRUN_OK)

@@ -1,7 +1,7 @@
 /* The compute backend interface: the ops a decoder block is made of, on
  * opaque activation buffers that live wherever the backend computes (host
- * memory for the CPU, device memory for CUDA later). The model graphs in
- * models/ are written only as calls on this table, so a backend is one more
+ * memory for the CPU, device memory for CUDA). The model graphs in models/
+ * are written only as calls on this table, so a backend is one more
  * implementation of it and nothing in models/ changes.
  *
  * Buffers are 2-D, [rows, cols] of f32 values (rows = token slots, at most
@@ -14,7 +14,14 @@
  * running the model in that dtype (QDT_F32: no rounding; QDT_F16/BF16: HF's
  * rounding points, see src/cpu/ops.h). `compute` is the dtype weights are
  * dequantized to before the product (src/cpu/matmul.h): QDT_F32 uses the
- * exact dequantized values. Results do not depend on the thread count. */
+ * exact dequantized values. Results do not depend on the thread count.
+ *
+ * Asynchronous backends (CUDA): the ops only enqueue work. Ops that return
+ * void record the first failure (a "sticky" error, after which further ops
+ * do nothing) and the next to_host or sync reports it; ops that return bool
+ * report a failure at once. Positions and token ids of the step come from
+ * begin_step (device state, so a captured decode graph stays valid at every
+ * position); the p0/ids arguments of the ops then only size launches. */
 #ifndef QRUN_BACKEND_H
 #define QRUN_BACKEND_H
 
@@ -31,6 +38,8 @@
 typedef struct qbackend qbackend; /* one session's compute state */
 typedef struct qbk_buf qbk_buf;   /* an activation buffer */
 typedef struct qbk_kv qbk_kv;     /* a KV cache, all layers */
+typedef struct qbk_graph qbk_graph; /* a captured decode step (CUDA graph) */
+typedef struct cuda_weights cuda_weights; /* src/cuda/weights.h */
 
 /* A Linear layer: weight (any dtype of weight.h) and optional bias. */
 typedef struct qbk_linear {
@@ -62,10 +71,33 @@ typedef struct qbackend_config {
     qdtype act;         /* activation rounding dtype */
     qdtype compute;     /* weight dequantization dtype */
     size_t matmul_scratch; /* bytes qmatmul may need (int8), 0 when none */
+
+    /* Used by the CUDA backend (the CPU backend ignores them): */
+    const cuda_weights *weights; /* the engine's device copy: every weight,
+                                    bias, norm or table pointer an op gets is
+                                    a host pointer into the .qbin mapping that
+                                    the backend translates through it */
+    uint64_t max_linear_rows;    /* the largest Linear's out and in features */
+    uint64_t max_linear_cols;    /*   (lm_head included): matmul workspace */
+    int n_ctx;                   /* largest KV cache (positions) it will hold */
+    int n_heads, head_dim;       /* query heads and their width: attention scratch */
+    int max_rope_tables;         /* distinct qrope / ALiBi tables cached (0: 4) */
+    int sample_vocab;            /* > 0: scratch for `sample` over this many logits */
+    int sample_window;           /*   and a penalty window of up to this many ids */
 } qbackend_config;
 
+/* The sampling parameters of one draw (src/sampler.h; top_k <= 0, top_p 1,
+ * min_p 0, repeat_penalty 1: off; temperature <= 0: greedy). */
+typedef struct qbk_sample_params {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    float min_p;
+    float repeat_penalty;
+} qbk_sample_params;
+
 typedef struct qbackend_ops {
-    const char *name; /* "cpu" */
+    const char *name; /* "cpu", "cuda" */
     qbackend *(*create)(const qbackend_config *cfg, qerr *err);
     void (*destroy)(qbackend *be);
 
@@ -76,7 +108,14 @@ typedef struct qbackend_ops {
                         qdtype dt, qerr *err);
     void (*kv_free)(qbackend *be, qbk_kv *kv);
 
-    /* out[i] = table[ids[i]] for a [V, dim] f32/f16/bf16 table; ids on the host. */
+    /* Optional (NULL: the backend takes ids and positions from the ops'
+     * arguments): make {p0, n, ids} the device state of the next ops, for a
+     * step of n tokens at positions [p0, p0 + n). The engine calls it before
+     * each forward piece (and before each replay of a captured graph). */
+    bool (*begin_step)(qbackend *be, const int32_t *ids, int n, int p0, qerr *err);
+
+    /* out[i] = table[ids[i]] for a [V, dim] f32/f16/bf16 table; ids on the
+     * host (a backend with begin_step reads the step's ids instead). */
     void (*embed)(qbackend *be, const void *table, qdtype table_dt, int dim, const int32_t *ids,
                   int n, qbk_buf *out);
     /* y[n, w.rows] = x[n, w.cols] · Wᵀ + bias, then rounded to act. x != y. */
@@ -107,10 +146,39 @@ typedef struct qbackend_ops {
     /* dst rows [dst_row, +n) = src rows [src_row, +n) (same width). */
     void (*copy_rows)(qbackend *be, const qbk_buf *src, int src_row, qbk_buf *dst, int dst_row,
                       int n);
-    /* Copy n rows of b to host memory (n x width floats). */
-    void (*to_host)(qbackend *be, const qbk_buf *b, int n, float *host);
+    /* Copy n rows of b to host memory (n x width floats). Returns when the
+     * values are there; false with the error when this copy or any op before
+     * it failed (the sticky error is then cleared). */
+    bool (*to_host)(qbackend *be, const qbk_buf *b, int n, float *host, qerr *err);
+    /* Copy n rows of host floats (n x width) into b (partial offload: the
+     * hidden state passed from one backend to the next). */
+    bool (*from_host)(qbackend *be, const float *host, int n, qbk_buf *b, qerr *err);
+
+    /* ---- optional (NULL in the CPU backend) ---- */
+    /* Wait for every enqueued op; report (and clear) the first error. */
+    bool (*sync)(qbackend *be, qerr *err);
+    /* Decode graphs: between capture_begin and capture_end the ops are
+     * recorded rather than run. capture_end returns the graph, or NULL when
+     * the capture failed or an op was not graph-safe (e.g. it had to upload
+     * a table for this call only): the caller then runs the step eagerly.
+     * A NULL return is not an error; `err` is set only for a device failure
+     * that makes the backend unusable. graph_launch replays a graph (after
+     * begin_step for the new position). */
+    bool (*capture_begin)(qbackend *be, qerr *err);
+    qbk_graph *(*capture_end)(qbackend *be, qerr *err);
+    bool (*graph_launch)(qbackend *be, qbk_graph *g, qerr *err);
+    void (*graph_free)(qbackend *be, qbk_graph *g);
+    /* Pick the next token from row `row` of a logits buffer where it lies,
+     * as qsampler_sample would from the same values (src/kernels/sample.h):
+     * recent = the penalty window's ids (host, n_recent <= sample_window),
+     * draw = qsampler_draw's output (ignored when greedy). Waits for the id;
+     * *id is -1 when every logit is -inf or NaN. Only the id crosses to the
+     * host. */
+    bool (*sample)(qbackend *be, const qbk_buf *logits, int row, const qbk_sample_params *p,
+                   const int32_t *recent, int n_recent, uint64_t draw, int32_t *id, qerr *err);
 } qbackend_ops;
 
 extern const qbackend_ops qbackend_cpu;
+extern const qbackend_ops qbackend_cuda; /* only in builds with QRUN_HAVE_CUDA */
 
 #endif

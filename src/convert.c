@@ -21,8 +21,13 @@
 #include "dtype.h"
 #include "import/hf_checkpoint.h"
 #include "qbin.h"
+#include "qrun_config.h"
 #include "quant.h"
 #include "registry.h"
+#if QRUN_HAVE_CUDA
+#include "cuda/device.h"
+#include "cuda/quantize.h"
+#endif
 
 #define DEFAULT_CHUNK_BYTES (16u << 20)
 
@@ -41,6 +46,21 @@ const char *qconvert_quant_name(qconvert_quant q)
     return (unsigned)q < 6 ? quant_names[q] : "?";
 }
 
+static const char *const device_names[] = {"cpu", "auto", "cuda"};
+
+int qconvert_device_from_name(const char *name)
+{
+    for (int i = 0; name && i < 3; i++)
+        if (strcmp(name, device_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *qconvert_device_name(qconvert_device d)
+{
+    return (unsigned)d < 3 ? device_names[d] : "?";
+}
+
 void qconvert_options_init(qconvert_options *o)
 {
     memset(o, 0, sizeof *o);
@@ -49,6 +69,8 @@ void qconvert_options_init(qconvert_options *o)
     o->compute_dtype = -1;
     o->int8_threshold = 6.0f;
 }
+
+struct cuda_quantizer; /* src/cuda/quantize.h, in CUDA builds */
 
 /* State shared by the per-tensor writers. */
 typedef struct conv {
@@ -59,6 +81,7 @@ typedef struct conv {
     uint64_t chunk_elems;     /* slice size in elements (multiple of 2*4096) */
     float *src;               /* chunk_elems f32 */
     unsigned char *dst;       /* chunk_elems * 2 bytes */
+    struct cuda_quantizer *gq; /* the GPU quantizer, or NULL: quantize on the CPU */
     qconvert_progress prog;
     qerr *err;
 } conv;
@@ -151,6 +174,109 @@ static bool write_plain(conv *c, const qmodel_tensor *pt, const st_tensor *st, q
     return qbin_writer_end(c->w, c->err);
 }
 
+/* ---- the quantizer: CPU (src/quant.c) or GPU (src/cuda/quantize.h) ---- */
+
+/* nf4/fp4 codes of the slice c->src[0..cnt) into c->dst, absmax into `absmax`. */
+static bool quantize_4bit_slice(conv *c, quant_4bit_type qt, uint64_t cnt, float *absmax)
+{
+#if QRUN_HAVE_CUDA
+    if (c->gq)
+        return cuda_quantizer_4bit(c->gq, qt, QDT_F32, c->src, cnt, c->o->blocksize, c->dst,
+                                   absmax, c->err);
+#endif
+    quant_4bit_quantize(qt, c->src, cnt, c->o->blocksize, c->dst, absmax);
+    return true;
+}
+
+/* Double quantization of a whole tensor's absmax. bitsandbytes' offset is
+ * torch's CUDA mean, whose last bits depend on its summation order: the GPU
+ * path reproduces that order, the CPU path keeps quant_dq_offset (an f64
+ * sum), which the CPU reference files and fixtures are defined with. */
+static bool double_quantize(conv *c, const float *absmax, uint64_t nb, float *offset,
+                            uint8_t *qabsmax, float *absmax2)
+{
+#if QRUN_HAVE_CUDA
+    if (c->gq) {
+        *offset = cuda_quantizer_dq_offset(c->gq, absmax, nb);
+        return cuda_quantizer_dq(c->gq, absmax, nb, *offset, qabsmax, absmax2, c->err);
+    }
+#else
+    (void)c;
+#endif
+    *offset = quant_dq_offset(absmax, nb);
+    quant_dq_quantize(absmax, nb, *offset, quant_dynamic_map, qabsmax, absmax2);
+    return true;
+}
+
+/* LLM.int8 codes of rows x cols f16-valued floats. */
+static bool quantize_int8_slice(conv *c, const float *w, uint64_t rows, uint64_t cols, int8_t *cb,
+                                float *scb)
+{
+#if QRUN_HAVE_CUDA
+    if (c->gq)
+        return cuda_quantizer_int8_rows(c->gq, QDT_F32, w, rows, cols, cb, scb, c->err);
+#else
+    (void)c;
+#endif
+    quant_int8_quantize_rows(w, rows, cols, cb, scb);
+    return true;
+}
+
+/* Resolve o->device: a GPU quantizer in c->gq for CUDA, none for the CPU.
+ * auto takes the GPU only when this build has CUDA, the weights are
+ * quantized and a device is usable (falling back to the CPU otherwise);
+ * cuda fails with a message saying why when there is no usable GPU. */
+static qrun_status open_quantizer(conv *c, qconvert_stats *stats, qerr *err)
+{
+    const qconvert_options *o = c->o;
+    bool quantizes = o->quant == QCONVERT_NF4 || o->quant == QCONVERT_FP4 ||
+                     o->quant == QCONVERT_INT8;
+    stats->device = QCONVERT_DEVICE_CPU;
+    snprintf(stats->device_name, sizeof stats->device_name, "cpu");
+    if (o->device == QCONVERT_DEVICE_CPU)
+        return QRUN_OK;
+#if QRUN_HAVE_CUDA
+    qerr probe;
+    qerr_clear(&probe);
+    bool have_gpu = cuda_device_count(&probe) > 0;
+    if (o->device == QCONVERT_DEVICE_CUDA && !have_gpu)
+        return qerr_set(err, QRUN_ERR_DEVICE, "--device cuda: %s", probe.msg);
+    if (!have_gpu || !quantizes)
+        return QRUN_OK; /* nothing to quantize: no need for a GPU context */
+    c->gq = cuda_quantizer_create(c->chunk_elems, o->device == QCONVERT_DEVICE_CUDA ? err : &probe);
+    if (!c->gq) {
+        if (o->device == QCONVERT_DEVICE_AUTO)
+            return QRUN_OK;
+        qerr_prefix(err, "--device cuda: ");
+        return err ? err->code : QRUN_ERR_DEVICE;
+    }
+    stats->device = QCONVERT_DEVICE_CUDA;
+    snprintf(stats->device_name, sizeof stats->device_name, "%s",
+             cuda_quantizer_device_name(c->gq));
+    return QRUN_OK;
+#else
+    (void)quantizes;
+    if (o->device == QCONVERT_DEVICE_CUDA)
+        return qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                        "--device cuda: this qrun was built without CUDA support");
+    return QRUN_OK;
+#endif
+}
+
+/* Release the GPU quantizer; false (err set) if CUDA reports a failure. */
+static bool close_quantizer(conv *c, qerr *err)
+{
+#if QRUN_HAVE_CUDA
+    struct cuda_quantizer *gq = c->gq;
+    c->gq = NULL;
+    return cuda_quantizer_free(gq, err);
+#else
+    (void)c;
+    (void)err;
+    return true;
+#endif
+}
+
 static bool write_4bit(conv *c, const qmodel_tensor *pt, const st_tensor *st)
 {
     const qconvert_options *o = c->o;
@@ -174,8 +300,9 @@ static bool write_4bit(conv *c, const qmodel_tensor *pt, const st_tensor *st)
         if (!ok)
             break;
         round_to(c->compute, c->src, cnt);
-        quant_4bit_quantize(qt, c->src, cnt, o->blocksize, c->dst, absmax + first / o->blocksize);
-        ok = qbin_writer_write(c->w, c->dst, cnt / 2 + (cnt & 1), c->err) && report(c, cnt * item);
+        ok = quantize_4bit_slice(c, qt, cnt, absmax + first / o->blocksize);
+        ok = ok && qbin_writer_write(c->w, c->dst, cnt / 2 + (cnt & 1), c->err) &&
+             report(c, cnt * item);
     }
     ok = ok && qbin_writer_end(c->w, c->err);
     if (ok && !o->double_quant) {
@@ -189,10 +316,10 @@ static bool write_4bit(conv *c, const qmodel_tensor *pt, const st_tensor *st)
             ok = false;
             qerr_set(c->err, QRUN_ERR_NO_MEMORY, "%s: no memory for double quantization", pt->name);
         } else {
-            float offset = quant_dq_offset(absmax, nb);
-            quant_dq_quantize(absmax, nb, offset, quant_dynamic_map, q, a2);
+            float offset;
+            ok = double_quantize(c, absmax, nb, &offset, q, a2);
             uint64_t s_nb[1] = {nb}, s_ng[1] = {ng}, s_one[1] = {1};
-            ok = add_small(c, pt->name, ".qabsmax", QDT_U8, 1, s_nb, q, nb) &&
+            ok = ok && add_small(c, pt->name, ".qabsmax", QDT_U8, 1, s_nb, q, nb) &&
                  add_small(c, pt->name, ".absmax2", QDT_F32, 1, s_ng, a2, ng * 4) &&
                  add_small(c, pt->name, ".absmax_offset", QDT_F32, 1, s_one, &offset, 4);
         }
@@ -239,8 +366,8 @@ static bool write_int8(conv *c, const qmodel_tensor *pt, const st_tensor *st)
             break;
         round_to(c->compute, src, nr * cols); /* model dtype */
         round_to(QDT_F16, src, nr * cols);    /* Int8Params quantizes an f16 copy */
-        quant_int8_quantize_rows(src, nr, cols, (int8_t *)dst, scb + r);
-        ok = qbin_writer_write(c->w, dst, nr * cols, c->err) && report(c, nr * cols * item);
+        ok = quantize_int8_slice(c, src, nr, cols, (int8_t *)dst, scb + r);
+        ok = ok && qbin_writer_write(c->w, dst, nr * cols, c->err) && report(c, nr * cols * item);
     }
     if (src != c->src) {
         free(src);
@@ -366,6 +493,9 @@ static qrun_status check_options(const qconvert_options *o, qerr *err)
         return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "input directory and output path needed");
     if ((unsigned)o->quant > QCONVERT_F32)
         return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "unknown quantization %d", (int)o->quant);
+    if ((unsigned)o->device > QCONVERT_DEVICE_CUDA)
+        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "unknown quantization device %d",
+                        (int)o->device);
     bool four = o->quant == QCONVERT_NF4 || o->quant == QCONVERT_FP4;
     if (four && !quant_blocksize_valid(o->blocksize))
         return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
@@ -483,6 +613,9 @@ qrun_status qconvert_run(const qconvert_options *o, qconvert_stats *stats, qerr 
         goto out;
     }
 
+    if (open_quantizer(&c, stats, err) != QRUN_OK)
+        goto out;
+
     c.prog.count = plan.count;
     for (int i = 0; i < plan.count; i++) {
         const st_tensor *s = hf_find(c.ck, plan.tensors[i].name);
@@ -505,6 +638,10 @@ qrun_status qconvert_run(const qconvert_options *o, qconvert_stats *stats, qerr 
         if (pt->role == QROLE_LINEAR && o->quant <= QCONVERT_INT8)
             stats->quantized_params += n;
     }
+    /* Done with the GPU before the file is finished, so that a failure to
+     * release it still leaves no output behind. */
+    if (!close_quantizer(&c, err))
+        goto out;
     if (o->double_quant) {
         uint64_t shape[1] = {256};
         if (!qbin_writer_add(c.w, "quant.dynamic_map", QDT_F32, 1, shape, quant_dynamic_map,
@@ -529,6 +666,10 @@ qrun_status qconvert_run(const qconvert_options *o, qconvert_stats *stats, qerr 
     stats->compute_dtype = c.compute;
 
 out:
+    if (c.gq) {
+        qerr first_error_stays;
+        close_quantizer(&c, &first_error_stays);
+    }
     if (c.w)
         qbin_writer_abort(c.w);
     free(c.src);

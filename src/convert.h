@@ -23,6 +23,23 @@ typedef enum qconvert_quant {
 int qconvert_quant_from_name(const char *name);
 const char *qconvert_quant_name(qconvert_quant q);
 
+/* Where nf4/fp4/int8 weights are quantized. The CPU quantizer (src/quant.c)
+ * divides exactly; the CUDA one (src/cuda/quantize.h) reproduces
+ * bitsandbytes' GPU kernels bit for bit, including their approximate
+ * reciprocal and the torch-ordered double-quant mean. The two files differ
+ * only in codes whose scaled value lies within QUANT_GPU_RCP_ULPS of a
+ * decision threshold, and (double quant) in the offset's last bits and what
+ * follows from it. */
+typedef enum qconvert_device {
+    QCONVERT_DEVICE_CPU = 0,  /* the library's default: reproduces src/quant.c */
+    QCONVERT_DEVICE_AUTO,     /* CUDA when built with it and a GPU is usable, else CPU */
+    QCONVERT_DEVICE_CUDA      /* CUDA or fail */
+} qconvert_device;
+
+/* "cpu", "auto", "cuda" -> QCONVERT_DEVICE_*; -1 when unknown. */
+int qconvert_device_from_name(const char *name);
+const char *qconvert_device_name(qconvert_device d);
+
 typedef struct qconvert_progress {
     int index, count;        /* tensor being written, of how many */
     const char *tensor;      /* its name */
@@ -39,6 +56,7 @@ typedef struct qconvert_options {
     int compute_dtype;       /* QDT_F16, QDT_BF16 or QDT_F32; -1: from the checkpoint */
     float int8_threshold;    /* LLM.int8 outlier threshold stored in metadata */
     uint64_t chunk_bytes;    /* working-slice size; 0 means 16 MiB */
+    qconvert_device device;  /* quantizer; qconvert_options_init: CPU */
     /* Called after every chunk; return false to cancel. */
     bool (*progress)(void *user, const qconvert_progress *p);
     void *user;
@@ -56,6 +74,8 @@ typedef struct qconvert_stats {
     double seconds;
     uint64_t peak_rss_bytes;    /* of the whole process, from getrusage */
     int compute_dtype;
+    qconvert_device device;     /* the quantizer used: CPU or CUDA */
+    char device_name[128];      /* "cpu" or the GPU's name */
 } qconvert_stats;
 
 qrun_status qconvert_run(const qconvert_options *o, qconvert_stats *stats, qerr *err);

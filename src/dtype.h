@@ -6,6 +6,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum qdtype {
     QDT_F32 = 0,
     QDT_F16 = 1,
@@ -39,5 +43,9 @@ uint16_t qf32_to_bf16(float f);  /* RNE, NaN stays NaN */
 
 /* Convert `n` elements of a f32/f16/bf16 buffer (little-endian) to f32. */
 bool qconvert_to_f32(qdtype src, const void *in, uint64_t n, float *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,10 +4,17 @@
  * The engine owns what every family shares: the embedding lookup, the split
  * of a call into n_batch pieces, and the final norm + output projection for
  * the rows whose logits are asked for. The decoder blocks are the family's
- * `forward` (models/), written on the backend interface (src/backend.h). */
+ * `forward` (models/), written on the backend interface (src/backend.h).
+ *
+ * With a GPU (docs/gpu.md) the load also decides how many decoder layers go
+ * to the device and uploads their tensors (src/cuda/weights.h); a session
+ * is then one or two "parts", each a backend with its own KV cache and
+ * buffers running a range of layers: CUDA for [0, g), the CPU for [g, L).
+ * The hidden state passes from one to the next through host memory. */
 #include "engine.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +24,17 @@
 #include "chat_template.h"
 #include "cpu/matmul.h"
 #include "qbin.h"
+#include "qrun_config.h"
 #include "registry.h"
+#if QRUN_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "cuda/device.h"
+#include "cuda/weights.h"
+#include "kernels/attention.h"
+#include "kernels/matmul.h"
+#include "kernels/sample.h"
+#endif
 
 struct qengine {
     qbin_file *file;
@@ -36,17 +53,43 @@ struct qengine {
     int32_t bos;
     const char *bos_text, *eos_text;
     uint64_t n_params, weight_bytes;
+    const char *tok_tensor; /* the tokenizer's bytes (never uploaded) */
     qengine_opts opts;
+
+    /* GPU part: layers [0, n_gpu) (0: none); with all of them, the final
+     * norm and lm_head run there too. */
+    int n_gpu;
+    cuda_weights *dev;
+    char gpu_name[256];
+    const char *backend_name; /* "cpu", "cuda", "cuda+cpu" */
 };
 
-struct qctx {
-    const qengine *e;
+/* A range of layers on one backend, with its cache and buffers. */
+typedef struct qpart {
     const qbackend_ops *ops;
     qbackend *be;
     qbk_kv *kv;
     qbk_buf *x, *xn, *xn2, *q, *k, *v, *qkv, *attn, *ff_a, *ff_b, *tmp;
-    qbk_buf *lg_in, *logits; /* final norm input and logits, lg_rows rows */
+    qbk_buf *lg_in, *logits; /* the output part only: final norm input and logits */
+    int layer_begin, layer_end;
+} qpart;
+
+struct qctx {
+    const qengine *e;
+    qpart part[2]; /* part[0] embeds; part[n_parts - 1] computes the logits */
+    int n_parts;
+    float *handover; /* [n_batch, hidden] host copy of x between the parts */
     int n_ctx, n_batch, lg_rows;
+    /* decode graph: one captured single-token step (all layers on the GPU) */
+    bool graphs;       /* allowed for this session */
+    bool graph_tried;  /* a capture was attempted (it is not retried) */
+    int eager_decodes; /* single-token steps run eagerly so far */
+    qbk_graph *graph;
+    int graph_replays; /* steps run through the graph (tests, diagnostics) */
+    /* sampling on the device (all layers on the GPU): the logits of the
+     * last qctx_forward_sample stay there until qctx_last_logits */
+    bool dev_sampling;
+    int device_samples;
 };
 
 /* ---- logging ------------------------------------------------------------------ */
@@ -200,6 +243,244 @@ static void count_params(qengine *e, const char *tok_tensor)
     }
 }
 
+/* ---- GPU: which layers, and their upload ------------------------------------------- */
+
+#if QRUN_HAVE_CUDA
+static double mib(uint64_t b) { return (double)b / 1048576.0; }
+
+static uint64_t align256(uint64_t v) { return (v + 255u) / 256u * 256u; }
+
+/* The decoder layer a tensor belongs to: the first ".<digits>." component of
+ * its name (model.layers.12.…, transformer.h.3.…); -1 when there is none. */
+static int layer_of(const char *name)
+{
+    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
+        const char *q = p + 1;
+        long v = 0;
+        while (*q >= '0' && *q <= '9' && v < 100000000L)
+            v = v * 10 + (*q++ - '0');
+        if (q > p + 1 && *q == '.')
+            return (int)v;
+    }
+    return -1;
+}
+
+static bool in_tensor(const qengine *e, const qbin_tensor *t, const void *p)
+{
+    const char *b = qbin_tensor_data(e->file, t);
+    return p && (const char *)p >= b && (const char *)p < b + t->nbytes;
+}
+
+enum { CLASS_SKIP = -1, CLASS_SHARED = -2, CLASS_OUTPUT = -3 };
+
+/* Where a tensor is needed: a layer index, CLASS_OUTPUT (final norm and
+ * lm_head: on the GPU only with every layer), CLASS_SHARED (embedding,
+ * dynamic map: with any GPU layer) or CLASS_SKIP (tokenizer bytes). A tied
+ * lm_head is the embedding table, which counts as shared. */
+static int tensor_class(const qengine *e, const qbin_tensor *t)
+{
+    if (e->tok_tensor && strcmp(t->name, e->tok_tensor) == 0)
+        return CLASS_SKIP;
+    if (!in_tensor(e, t, e->io.embed)) {
+        const qbk_linear *h = &e->io.lm_head;
+        const void *out[] = {e->io.final_norm.w, e->io.final_norm.b, h->w.data, h->w.absmax,
+                             h->w.qabsmax, h->w.absmax2, h->w.scb, h->bias};
+        for (size_t i = 0; i < sizeof out / sizeof out[0]; i++)
+            if (in_tensor(e, t, out[i]))
+                return CLASS_OUTPUT;
+    }
+    int l = layer_of(t->name);
+    return l >= 0 && l < e->sizes.n_layers ? l : CLASS_SHARED;
+}
+
+typedef struct gpu_pick {
+    const qengine *e;
+    int n_gpu;
+} gpu_pick;
+
+static bool pick_tensor(void *user, const qbin_tensor *t)
+{
+    const gpu_pick *u = user;
+    int c = tensor_class(u->e, t);
+    if (c == CLASS_SKIP)
+        return false;
+    if (c == CLASS_OUTPUT)
+        return u->n_gpu == u->e->sizes.n_layers;
+    return c == CLASS_SHARED || c < u->n_gpu;
+}
+
+/* The largest Linear's rows and columns among those on the GPU (the
+ * matmul workspace is sized for them). */
+static void linear_max(const qengine *e, bool output, uint64_t *rows, uint64_t *cols)
+{
+    const qmodel_sizes *s = &e->sizes;
+    const uint64_t H = (uint64_t)s->hidden, Q = (uint64_t)s->n_heads * (uint64_t)s->head_dim,
+                   F = (uint64_t)s->ffn;
+    uint64_t r = H > Q ? H : Q, c = H > Q ? H : Q;
+    if (F > r)
+        r = F;
+    if (F > c)
+        c = F;
+    if ((uint64_t)s->qkv_fused > r)
+        r = (uint64_t)s->qkv_fused;
+    if (output && (uint64_t)s->vocab > r)
+        r = (uint64_t)s->vocab;
+    *rows = r;
+    *cols = c;
+}
+
+/* Device bytes of a session's GPU part. */
+typedef struct gpu_mem {
+    uint64_t kv, act, work;
+} gpu_mem;
+
+static gpu_mem session_mem(const qengine *e, int n_ctx, int n_batch, qdtype kv_type,
+                           qdtype compute, int n_gpu)
+{
+    const qmodel_sizes *s = &e->sizes;
+    const bool out = n_gpu == s->n_layers;
+    const uint64_t H = (uint64_t)s->hidden, D = (uint64_t)s->head_dim,
+                   Q = (uint64_t)s->n_heads * D, KV = (uint64_t)s->n_kv_heads * D,
+                   F = (uint64_t)s->ffn, V = (uint64_t)s->vocab;
+    const uint64_t lg = n_batch < 16 ? (uint64_t)n_batch : 16;
+    gpu_mem m;
+    m.kv = (uint64_t)n_gpu * 2u * KV * (uint64_t)n_ctx * (kv_type == QDT_F16 ? 2u : 4u);
+    m.act = (uint64_t)n_batch * (4 * H + 2 * Q + 2 * KV + (uint64_t)s->qkv_fused + 2 * F) * 4u +
+            (out ? lg * (H + V) * 4u : 0);
+    uint64_t rows, cols;
+    linear_max(e, out, &rows, &cols);
+    m.work = qk_matmul_workspace_size(n_batch, rows, cols, compute) +
+             qk_attention_scratch_size(n_batch, s->n_heads, n_ctx, s->head_dim) +
+             (1u << 20); /* step state, rotary/ALiBi tables, buffer rounding */
+    if (out) /* sampling on the device: its scratch and the penalty window */
+        m.work += qk_sample_scratch_size(s->vocab) + ((uint64_t)n_ctx + 1) * 4u;
+    return m;
+}
+
+static bool upload_progress(void *user, float f) { return progress(user, 0.9f + 0.1f * f); }
+
+/* Decide the GPU layers (e->opts.backend / gpu_layers) and upload them. */
+static bool gpu_load(qengine *e, qerr *err)
+{
+    const qengine_opts *o = &e->opts;
+    const bool forced = o->backend == QRUN_BACKEND_CUDA;
+    if (o->backend == QRUN_BACKEND_CPU)
+        return true;
+    if (o->gpu_layers == 0) {
+        if (forced)
+            qengine_log(e, QRUN_LOG_INFO, "0 GPU layers requested: running on the CPU");
+        return true;
+    }
+    qerr derr;
+    qerr_clear(&derr);
+    cuda_device_info dev;
+    int nd = cuda_device_count(&derr);
+    if (nd > 0 && cuda_device_query(0, &dev, &derr) != QRUN_OK)
+        nd = 0;
+    if (nd <= 0) {
+        if (!forced) {
+            qengine_log(e, QRUN_LOG_WARN, "no usable GPU (%s): running on the CPU", derr.msg);
+            return true;
+        }
+        return qerr_set(err, QRUN_ERR_DEVICE, "the CUDA backend needs a GPU: %s", derr.msg) ==
+               QRUN_OK;
+    }
+    snprintf(e->gpu_name, sizeof e->gpu_name, "%s", dev.name);
+
+    /* bytes per layer, shared (embedding) and output (final norm, lm_head) */
+    const int L = e->sizes.n_layers;
+    uint64_t *cum = calloc((size_t)L + 1, sizeof *cum); /* cum[g]: layers [0, g) */
+    if (!cum)
+        return qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory") == QRUN_OK;
+    uint64_t shared = 0, out = 0;
+    size_t nt = qbin_tensor_count(e->file);
+    for (size_t i = 0; i < nt; i++) {
+        const qbin_tensor *t = qbin_tensor_at(e->file, i);
+        int c = tensor_class(e, t);
+        uint64_t b = align256(t->nbytes);
+        if (c == CLASS_SHARED)
+            shared += b;
+        else if (c == CLASS_OUTPUT)
+            out += b;
+        else if (c >= 0)
+            cum[c + 1] += b;
+    }
+    for (int l = 0; l < L; l++)
+        cum[l + 1] += cum[l];
+
+    /* what a session will need: KV for min(trained, 4096) positions, the
+     * API's default batch, f16 KV, activations in the compute dtype */
+    const int plan_ctx = e->n_ctx_train < 4096 ? e->n_ctx_train : 4096;
+    const int plan_batch = plan_ctx < 512 ? plan_ctx : 512;
+    const uint64_t margin = (256u << 20) + (uint64_t)dev.total_mem / 100u;
+    uint64_t avail = dev.free_mem > margin ? dev.free_mem - margin : 0;
+    if (o->gpu_mem_limit && o->gpu_mem_limit < avail)
+        avail = o->gpu_mem_limit;
+    int fit = 0;
+    uint64_t need1 = 0; /* what one layer would need */
+    for (int g = L; g >= 1; g--) {
+        gpu_mem m = session_mem(e, plan_ctx, plan_batch, QDT_F16, e->model_dtype, g);
+        uint64_t need = shared + cum[g] + (g == L ? out : 0) + m.kv + m.act + m.work;
+        if (g == 1)
+            need1 = need;
+        if (need <= avail) {
+            fit = g;
+            break;
+        }
+    }
+    int g;
+    if (o->gpu_layers < 0) {
+        g = fit;
+        if (g == 0) {
+            char why[512];
+            snprintf(why, sizeof why,
+                     "%s has %.0f MiB usable, one layer with a %d-position session needs %.1f MiB",
+                     e->gpu_name, mib(avail), plan_ctx, mib(need1));
+            free(cum);
+            if (!forced) {
+                qengine_log(e, QRUN_LOG_WARN, "no usable GPU (%s): running on the CPU", why);
+                return true;
+            }
+            return qerr_set(err, QRUN_ERR_DEVICE, "not even one layer fits on the GPU: %s; try "
+                            "--backend cpu", why) == QRUN_OK;
+        }
+    } else {
+        g = o->gpu_layers < L ? o->gpu_layers : L;
+        uint64_t need = shared + cum[g] + (g == L ? out : 0);
+        if (need > avail) {
+            char hint[64];
+            if (fit > 0)
+                snprintf(hint, sizeof hint, "try --gpu-layers %d", fit);
+            else
+                snprintf(hint, sizeof hint, "try --backend cpu");
+            qerr_set(err, QRUN_ERR_DEVICE,
+                     "need %.1f MiB for the weights of %d GPU layers, %.1f MiB usable on %s "
+                     "(%.1f MiB free); %s",
+                     mib(need), g, mib(avail), e->gpu_name, mib(dev.free_mem), hint);
+            free(cum);
+            return false;
+        }
+    }
+    free(cum);
+    gpu_pick pick = {e, g};
+    e->dev = cuda_weights_upload(e->file, 0, pick_tensor, &pick, upload_progress, e, err);
+    if (!e->dev) {
+        if (err && err->code == QRUN_ERR_DEVICE)
+            qerr_prefix(err, "uploading %d layers: ", g);
+        return false;
+    }
+    e->n_gpu = g;
+    e->backend_name = g == L ? "cuda" : "cuda+cpu";
+    qengine_log(e, QRUN_LOG_INFO,
+                "GPU %s (compute %d.%d): %d of %d layers%s, %.1f MiB of weights on the device "
+                "(%.0f MiB were free)",
+                e->gpu_name, dev.cc_major, dev.cc_minor, g, L,
+                g == L ? " and the output" : " (the rest on the CPU)",
+                mib(cuda_weights_bytes(e->dev)), mib(dev.free_mem));
+    return true;
+}
+#endif
+
 qengine *qengine_load(const char *path, const qengine_opts *o, qerr *err)
 {
     qengine_opts defaults = {0};
@@ -209,9 +490,16 @@ qengine *qengine_load(const char *path, const qengine_opts *o, qerr *err)
         qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "qengine_load: NULL path");
         return NULL;
     }
+#if !QRUN_HAVE_CUDA
     if (o->backend == QRUN_BACKEND_CUDA) {
-        qerr_set(err, QRUN_ERR_UNSUPPORTED, "%s: the CUDA backend is not available in this build",
-                 path);
+        qerr_set(err, QRUN_ERR_UNSUPPORTED,
+                 "%s: qrun was built without CUDA: use the cpu (or auto) backend", path);
+        return NULL;
+    }
+#endif
+    if (o->backend != QRUN_BACKEND_AUTO && o->backend != QRUN_BACKEND_CPU &&
+        o->backend != QRUN_BACKEND_CUDA) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "%s: unknown backend %d", path, (int)o->backend);
         return NULL;
     }
     qengine *e = calloc(1, sizeof *e);
@@ -221,6 +509,7 @@ qengine *qengine_load(const char *path, const qengine_opts *o, qerr *err)
     }
     e->opts = *o;
     e->bos = -1;
+    e->backend_name = "cpu";
     /* checksums are verified below tensor by tensor, so progress can be reported */
     e->file = qbin_open(path, QBIN_OPEN_SKIP_CHECKSUMS, err);
     if (!e->file)
@@ -288,13 +577,19 @@ qengine *qengine_load(const char *path, const qengine_opts *o, qerr *err)
     if (!load_tokenizer(e, meta, err))
         goto fail_named;
     const cJSON *tt = obj_get(obj_get(meta, "tokenizer"), "tensor");
-    count_params(e, cJSON_IsString(tt) ? tt->valuestring : NULL);
+    e->tok_tensor = cJSON_IsString(tt) ? tt->valuestring : NULL;
+    count_params(e, e->tok_tensor);
+#if QRUN_HAVE_CUDA
+    if (!gpu_load(e, err))
+        goto fail_named;
+#endif
     if (!progress(e, 1.0f)) {
         qerr_set(err, QRUN_ERR_CANCELLED, "loading cancelled");
         goto fail_named;
     }
-    qengine_log(e, QRUN_LOG_INFO, "loaded %s: %s, %d layers, weights %s, compute %s", path,
-                e->family->name, e->sizes.n_layers, e->weights, e->compute_name);
+    qengine_log(e, QRUN_LOG_INFO, "loaded %s: %s, %d layers, weights %s, compute %s, backend %s",
+                path, e->family->name, e->sizes.n_layers, e->weights, e->compute_name,
+                e->backend_name);
     return e;
 fail_named:
     if (err && !strstr(err->msg, path))
@@ -308,6 +603,9 @@ void qengine_free(qengine *e)
 {
     if (!e)
         return;
+#if QRUN_HAVE_CUDA
+    cuda_weights_free(e->dev);
+#endif
     if (e->model)
         e->family->unbind(e->model);
     tok_free(e->tok);
@@ -333,13 +631,16 @@ const int32_t *qengine_eos_ids(const qengine *e, int *n)
     return e->eos;
 }
 
+int qengine_gpu_layers(const qengine *e) { return e->n_gpu; }
+qdtype qengine_compute_dtype(const qengine *e) { return e->model_dtype; }
+
 void qengine_info(const qengine *e, qrun_model_info *info)
 {
     memset(info, 0, sizeof *info);
     info->architecture = e->family->name;
     info->weights = e->weights;
     info->compute_dtype = e->compute_name;
-    info->backend = "cpu";
+    info->backend = e->backend_name;
     info->vocab_size = e->sizes.vocab;
     info->n_ctx_train = e->n_ctx_train;
     info->n_layers = e->sizes.n_layers;
@@ -348,29 +649,111 @@ void qengine_info(const qengine *e, qrun_model_info *info)
     info->bos_id = e->bos;
     info->eos_id = e->n_eos > 0 ? e->eos[0] : -1;
     info->has_chat_template = e->tmpl != NULL;
+    info->n_gpu_layers = e->n_gpu;
+    info->gpu_name = e->n_gpu > 0 ? e->gpu_name : "";
+#if QRUN_HAVE_CUDA
+    info->gpu_weight_bytes = e->dev ? cuda_weights_bytes(e->dev) : 0;
+#endif
 }
 
 /* ---- sessions ---------------------------------------------------------------------- */
+
+static void part_free(qpart *p)
+{
+    const qbackend_ops *B = p->ops;
+    if (!B || !p->be)
+        return;
+    qbk_buf *bufs[] = {p->x,    p->xn,   p->xn2,  p->q,   p->k,     p->v,     p->qkv,
+                       p->attn, p->ff_a, p->ff_b, p->tmp, p->lg_in, p->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            B->buf_free(p->be, bufs[i]);
+    if (p->kv)
+        B->kv_free(p->be, p->kv);
+    B->destroy(p->be);
+    p->be = NULL;
+}
 
 void qctx_free(qctx *c)
 {
     if (!c)
         return;
-    const qbackend_ops *B = c->ops;
-    qbk_buf *bufs[] = {c->x,    c->xn,   c->xn2,  c->q,   c->k,     c->v,     c->qkv,
-                       c->attn, c->ff_a, c->ff_b, c->tmp, c->lg_in, c->logits};
-    if (c->be) {
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-            if (bufs[i])
-                B->buf_free(c->be, bufs[i]);
-        if (c->kv)
-            B->kv_free(c->be, c->kv);
-        B->destroy(c->be);
-    }
+    if (c->graph)
+        c->part[0].ops->graph_free(c->part[0].be, c->graph);
+    for (int i = 0; i < 2; i++)
+        part_free(&c->part[i]);
+    free(c->handover);
     free(c);
 }
 
 int qctx_n_ctx(const qctx *c) { return c->n_ctx; }
+int qctx_graph_replays(const qctx *c) { return c->graph_replays; }
+bool qctx_device_sampling(const qctx *c) { return c->dev_sampling; }
+int qctx_device_samples(const qctx *c) { return c->device_samples; }
+
+/* Create a part's backend, its buffers (the logits ones when `output`) and
+ * the KV cache of its layers. */
+static bool part_init(qctx *c, qpart *p, const qbackend_ops *ops, const qbackend_config *cfg,
+                      int layer_begin, int layer_end, bool output, qdtype kv_type, qerr *err)
+{
+    const qmodel_sizes *s = &c->e->sizes;
+    const int Q = s->n_heads * s->head_dim, KV = s->n_kv_heads * s->head_dim;
+    const int nb = c->n_batch;
+    p->ops = ops;
+    p->layer_begin = layer_begin;
+    p->layer_end = layer_end;
+    p->be = ops->create(cfg, err);
+    if (!p->be)
+        return false;
+    const qbackend_ops *B = ops;
+    /* activations of one piece; widths per qmodel_run */
+    if (!(p->x = B->buf_alloc(p->be, nb, s->hidden, err)) ||
+        !(p->xn = B->buf_alloc(p->be, nb, s->hidden, err)) ||
+        !(p->xn2 = B->buf_alloc(p->be, nb, s->hidden, err)) ||
+        !(p->tmp = B->buf_alloc(p->be, nb, s->hidden, err)) ||
+        !(p->q = B->buf_alloc(p->be, nb, Q, err)) ||
+        !(p->attn = B->buf_alloc(p->be, nb, Q, err)) ||
+        !(p->k = B->buf_alloc(p->be, nb, KV, err)) ||
+        !(p->v = B->buf_alloc(p->be, nb, KV, err)) ||
+        (s->qkv_fused && !(p->qkv = B->buf_alloc(p->be, nb, s->qkv_fused, err))) ||
+        !(p->ff_a = B->buf_alloc(p->be, nb, s->ffn, err)) ||
+        !(p->ff_b = B->buf_alloc(p->be, nb, s->ffn, err)))
+        return false;
+    if (output && (!(p->lg_in = B->buf_alloc(p->be, c->lg_rows, s->hidden, err)) ||
+                   !(p->logits = B->buf_alloc(p->be, c->lg_rows, s->vocab, err))))
+        return false;
+    p->kv = B->kv_alloc(p->be, layer_end - layer_begin, s->n_kv_heads, c->n_ctx, s->head_dim,
+                        kv_type, err);
+    return p->kv != NULL;
+}
+
+#if QRUN_HAVE_CUDA
+/* The device memory a GPU part will take must be free before anything is
+ * allocated, so the error can say what and how much. */
+static bool gpu_session_fits(const qengine *e, int n_ctx, int n_batch, qdtype kv_type,
+                             qdtype act, qerr *err)
+{
+    gpu_mem m = session_mem(e, n_ctx, n_batch, kv_type, act, e->n_gpu);
+    size_t fr = 0, tot = 0;
+    if (!qk_ok(cudaSetDevice(cuda_weights_device(e->dev)), "session: cudaSetDevice", err) ||
+        !qk_ok(cudaMemGetInfo(&fr, &tot), "session: cudaMemGetInfo", err))
+        return false;
+    uint64_t need = m.kv + m.act + m.work;
+    if (need > (uint64_t)fr)
+        return qerr_set(err, QRUN_ERR_DEVICE,
+                        "context: the session needs %.1f MiB on %s (KV cache %.1f MiB for %d "
+                        "positions x %d layers, activations %.1f MiB, workspace %.1f MiB) but "
+                        "%.1f MiB are free; use a smaller context or fewer GPU layers",
+                        mib(need), e->gpu_name, mib(m.kv), n_ctx, e->n_gpu, mib(m.act),
+                        mib(m.work), mib((uint64_t)fr)) == QRUN_OK;
+    qengine_log(e, QRUN_LOG_INFO,
+                "session on %s: KV cache %.1f MiB (%d positions x %d layers, %s), activations "
+                "%.1f MiB, workspace %.1f MiB",
+                e->gpu_name, mib(m.kv), n_ctx, e->n_gpu, qdtype_name(kv_type), mib(m.act),
+                mib(m.work));
+    return true;
+}
+#endif
 
 qctx *qctx_create(const qengine *e, const qctx_opts *o, qerr *err)
 {
@@ -400,17 +783,22 @@ qctx *qctx_create(const qengine *e, const qctx_opts *o, qerr *err)
                  "context: act_dtype must be f32, f16 or bf16 (got %s)", qdtype_name(act));
         return NULL;
     }
+#if QRUN_HAVE_CUDA
+    if (e->n_gpu > 0 && !gpu_session_fits(e, n_ctx, n_batch, o->kv_type, act, err))
+        return NULL;
+#endif
     qctx *c = calloc(1, sizeof *c);
     if (!c) {
         qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory");
         return NULL;
     }
     c->e = e;
-    c->ops = &qbackend_cpu;
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
+    c->lg_rows = n_batch < 16 ? n_batch : 16;
     const qmodel_sizes *s = &e->sizes;
-    const int Q = s->n_heads * s->head_dim, KV = s->n_kv_heads * s->head_dim;
+    const int L = s->n_layers, G = e->n_gpu;
+    const int Q = s->n_heads * s->head_dim;
     int max_k = s->hidden;
     if (Q > max_k)
         max_k = Q;
@@ -421,56 +809,189 @@ qctx *qctx_create(const qengine *e, const qctx_opts *o, qerr *err)
         .max_rows = n_batch,
         .act = act,
         .compute = act,
+        .n_ctx = n_ctx,
+        .n_heads = s->n_heads,
+        .head_dim = s->head_dim,
     };
-    if (e->int8) {
-        /* the largest input width any Linear has, at the largest row count */
-        qweight probe = {.dtype = QDT_I8, .rows = 1, .cols = (uint64_t)max_k};
-        cfg.matmul_scratch = qmatmul_scratch_size(&probe, (uint64_t)n_batch);
-        if (cfg.matmul_scratch == SIZE_MAX) {
-            qerr_set(err, QRUN_ERR_NO_MEMORY, "context: int8 scratch size overflows");
+    c->n_parts = G > 0 && G < L ? 2 : 1;
+    if (G > 0) {
+#if QRUN_HAVE_CUDA
+        qbackend_config gc = cfg;
+        gc.weights = e->dev;
+        linear_max(e, G == L, &gc.max_linear_rows, &gc.max_linear_cols);
+        const char *env_s = getenv("QRUN_GPU_SAMPLING");
+        c->dev_sampling = G == L && !(env_s && strcmp(env_s, "0") == 0);
+        if (c->dev_sampling) {
+            /* the penalty window never holds more than the context's tokens
+             * and the one sampled after them */
+            gc.sample_vocab = s->vocab;
+            gc.sample_window = n_ctx < INT_MAX ? n_ctx + 1 : n_ctx;
+        }
+        if (!part_init(c, &c->part[0], &qbackend_cuda, &gc, 0, G, G == L, o->kv_type, err))
+            goto fail;
+        const char *env = getenv("QRUN_CUDA_GRAPHS");
+        c->graphs = G == L && !o->no_cuda_graphs && !(env && strcmp(env, "0") == 0);
+#endif
+    }
+    if (G < L) {
+        if (e->int8) {
+            /* the largest input width any Linear has, at the largest row count */
+            qweight probe = {.dtype = QDT_I8, .rows = 1, .cols = (uint64_t)max_k};
+            cfg.matmul_scratch = qmatmul_scratch_size(&probe, (uint64_t)n_batch);
+            if (cfg.matmul_scratch == SIZE_MAX) {
+                qerr_set(err, QRUN_ERR_NO_MEMORY, "context: int8 scratch size overflows");
+                goto fail;
+            }
+        }
+        if (!part_init(c, &c->part[c->n_parts - 1], &qbackend_cpu, &cfg, G, L, true, o->kv_type,
+                       err))
+            goto fail;
+    }
+    if (c->n_parts == 2) {
+        c->handover = malloc((size_t)n_batch * (size_t)s->hidden * sizeof *c->handover);
+        if (!c->handover) {
+            qerr_set(err, QRUN_ERR_NO_MEMORY, "out of memory");
             goto fail;
         }
     }
-    const qbackend_ops *B = c->ops;
-    c->be = B->create(&cfg, err);
-    if (!c->be)
-        goto fail;
-    c->lg_rows = n_batch < 16 ? n_batch : 16;
-    /* activations of one piece; widths per qmodel_run */
-    if (!(c->x = B->buf_alloc(c->be, n_batch, s->hidden, err)) ||
-        !(c->xn = B->buf_alloc(c->be, n_batch, s->hidden, err)) ||
-        !(c->xn2 = B->buf_alloc(c->be, n_batch, s->hidden, err)) ||
-        !(c->tmp = B->buf_alloc(c->be, n_batch, s->hidden, err)) ||
-        !(c->q = B->buf_alloc(c->be, n_batch, Q, err)) ||
-        !(c->attn = B->buf_alloc(c->be, n_batch, Q, err)) ||
-        !(c->k = B->buf_alloc(c->be, n_batch, KV, err)) ||
-        !(c->v = B->buf_alloc(c->be, n_batch, KV, err)) ||
-        (s->qkv_fused && !(c->qkv = B->buf_alloc(c->be, n_batch, s->qkv_fused, err))) ||
-        !(c->ff_a = B->buf_alloc(c->be, n_batch, s->ffn, err)) ||
-        !(c->ff_b = B->buf_alloc(c->be, n_batch, s->ffn, err)) ||
-        !(c->lg_in = B->buf_alloc(c->be, c->lg_rows, s->hidden, err)) ||
-        !(c->logits = B->buf_alloc(c->be, c->lg_rows, s->vocab, err)))
-        goto fail;
-    c->kv = B->kv_alloc(c->be, s->n_layers, s->n_kv_heads, n_ctx, s->head_dim, o->kv_type, err);
-    if (!c->kv)
-        goto fail;
     return c;
 fail:
     qctx_free(c);
     return NULL;
 }
 
-/* Final norm + lm_head of n rows of x starting at `row` into host memory. */
+/* The status of a failure reported through err. */
+static qrun_status failed(const qerr *err)
+{
+    return err && err->code != QRUN_OK ? err->code : QRUN_ERR_INTERNAL;
+}
+
+/* Final norm + lm_head of n rows of the output part's x starting at `row`,
+ * enqueued (the logits stay in the part's buffer). */
+static bool output_enqueue(qctx *c, int row, int n, qerr *err)
+{
+    qpart *p = &c->part[c->n_parts - 1];
+    const qbackend_ops *B = p->ops;
+    const qengine *e = c->e;
+    B->copy_rows(p->be, p->x, row, p->lg_in, 0, n);
+    B->norm(p->be, &e->io.final_norm, p->lg_in, n, p->lg_in);
+    return B->matmul(p->be, &e->io.lm_head, p->lg_in, n, p->logits, err);
+}
+
+/* ... and copied into host memory. */
 static bool output_rows(qctx *c, int row, int n, float *host, qerr *err)
 {
-    const qbackend_ops *B = c->ops;
+    qpart *p = &c->part[c->n_parts - 1];
+    return output_enqueue(c, row, n, err) && p->ops->to_host(p->be, p->logits, n, host, err);
+}
+
+static qrun_status run_part(qctx *c, qpart *p, int m, int p0, int64_t seq_len,
+                            const atomic_int *cancel, qerr *err)
+{
     const qengine *e = c->e;
-    B->copy_rows(c->be, c->x, row, c->lg_in, 0, n);
-    B->norm(c->be, &e->io.final_norm, c->lg_in, n, c->lg_in);
-    if (!B->matmul(c->be, &e->io.lm_head, c->lg_in, n, c->logits, err))
-        return false;
-    B->to_host(c->be, c->logits, n, host);
-    return true;
+    qmodel_run run = {
+        .ops = p->ops, .be = p->be, .kv = p->kv, .x = p->x, .xn = p->xn, .xn2 = p->xn2,
+        .q = p->q, .k = p->k, .v = p->v, .qkv = p->qkv, .attn = p->attn, .ff_a = p->ff_a,
+        .ff_b = p->ff_b, .tmp = p->tmp, .n = m, .p0 = p0, .seq_len = seq_len,
+        .layer_begin = p->layer_begin, .layer_end = p->layer_end, .cancel = cancel,
+    };
+    return e->family->forward(e->model, &run, err);
+}
+
+/* Embedding and every block of one piece of m tokens at p0; the hidden
+ * state ends in the output part's x. `stepped`: begin_step was already
+ * called for it. */
+static qrun_status run_piece(qctx *c, const int32_t *ids, int m, int p0, int64_t seq_len,
+                             const atomic_int *cancel, bool stepped, qerr *err)
+{
+    const qengine *e = c->e;
+    qpart *a = &c->part[0];
+    if (!stepped && a->ops->begin_step && !a->ops->begin_step(a->be, ids, m, p0, err))
+        return failed(err);
+    a->ops->embed(a->be, e->io.embed, e->io.embed_dt, e->sizes.hidden, ids, m, a->x);
+    qrun_status st = run_part(c, a, m, p0, seq_len, cancel, err);
+    if (st != QRUN_OK || c->n_parts == 1)
+        return st;
+    /* partial offload: the hidden state moves to the next backend */
+    qpart *b = &c->part[1];
+    if (!a->ops->to_host(a->be, a->x, m, c->handover, err) ||
+        (b->ops->begin_step && !b->ops->begin_step(b->be, ids, m, p0, err)) ||
+        !b->ops->from_host(b->be, c->handover, m, b->x, err))
+        return failed(err);
+    return run_part(c, b, m, p0, seq_len, cancel, err);
+}
+
+/* A single-token step through the captured graph, its logits copied to
+ * `out` (NULL: left in the device buffer). Returns with *done false (and
+ * QRUN_OK) when the caller should run it eagerly: no graph yet (the first
+ * single-token step always runs eagerly, so the tables the ops cache exist
+ * before capturing), or a capture that failed or was abandoned (not
+ * retried). */
+static qrun_status decode_graph(qctx *c, int32_t id, int pos, int64_t seq_len, float *out,
+                                bool *done, qerr *err)
+{
+    qpart *p = &c->part[0];
+    const qbackend_ops *B = p->ops;
+    *done = false;
+    if (!c->graph) {
+        if (c->graph_tried || c->eager_decodes < 1)
+            return QRUN_OK;
+        c->graph_tried = true;
+        if (!B->begin_step(p->be, &id, 1, pos, err))
+            return failed(err);
+        /* recorded, not run: failures here only mean "no graph" (the eager
+         * step that follows shows a real error again) */
+        qerr rec;
+        qerr_clear(&rec);
+        if (!B->capture_begin(p->be, &rec)) {
+            qengine_log(c->e, QRUN_LOG_DEBUG, "decode steps run without a CUDA graph: %s",
+                        rec.msg);
+            return QRUN_OK;
+        }
+        bool recorded = run_piece(c, &id, 1, pos, seq_len, NULL, true, &rec) == QRUN_OK &&
+                        output_enqueue(c, 0, 1, &rec);
+        qerr cap;
+        qerr_clear(&cap);
+        c->graph = B->capture_end(p->be, &cap);
+        if (cap.code != QRUN_OK) {
+            *err = cap;
+            return cap.code;
+        }
+        if (c->graph && !recorded) {
+            B->graph_free(p->be, c->graph);
+            c->graph = NULL;
+        }
+        if (!c->graph) {
+            qengine_log(c->e, QRUN_LOG_DEBUG, "decode steps run without a CUDA graph%s%s",
+                        rec.msg[0] ? ": " : "", rec.msg);
+            return QRUN_OK;
+        }
+    } else if (!B->begin_step(p->be, &id, 1, pos, err)) {
+        return failed(err);
+    }
+    if (!B->graph_launch(p->be, c->graph, err) ||
+        (out && !B->to_host(p->be, p->logits, 1, out, err)))
+        return failed(err);
+    c->graph_replays++;
+    *done = true;
+    return QRUN_OK;
+}
+
+/* After a failed or cancelled call: let the device finish what was
+ * enqueued; a device error found there takes precedence. */
+static qrun_status drain(qctx *c, qrun_status st, qerr *err)
+{
+    for (int i = 0; i < c->n_parts; i++) {
+        qpart *p = &c->part[i];
+        qerr e2;
+        qerr_clear(&e2);
+        if (p->ops->sync && !p->ops->sync(p->be, &e2) && st == QRUN_ERR_CANCELLED) {
+            if (err)
+                *err = e2;
+            st = e2.code;
+        }
+    }
+    return st;
 }
 
 qrun_status qctx_forward(qctx *c, const int32_t *ids, int n, int n_past, float *logits_last,
@@ -490,38 +1011,103 @@ qrun_status qctx_forward(qctx *c, const int32_t *ids, int n, int n_past, float *
             return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
                             "forward: token id %d at index %d is outside the vocabulary [0, %d)",
                             ids[i], i, V);
-    const qbackend_ops *B = c->ops;
-    qmodel_run run = {
-        .ops = B, .be = c->be, .kv = c->kv, .x = c->x, .xn = c->xn, .xn2 = c->xn2, .q = c->q,
-        .k = c->k, .v = c->v, .qkv = c->qkv, .attn = c->attn, .ff_a = c->ff_a, .ff_b = c->ff_b,
-        .tmp = c->tmp, .cancel = cancel,
-        /* one rotary length for the whole call, as transformers' one forward
-         * over the same tokens: only dynamic NTK depends on it */
-        .seq_len = (int64_t)n_past + n,
-    };
-    for (int off = 0; off < n; off += c->n_batch) {
-        int m = n - off < c->n_batch ? n - off : c->n_batch;
-        B->embed(c->be, e->io.embed, e->io.embed_dt, e->sizes.hidden, ids + off, m, c->x);
-        run.n = m;
-        run.p0 = n_past + off;
-        qrun_status st = e->family->forward(e->model, &run, err);
-        if (st != QRUN_OK)
-            return st;
+    /* one rotary length for the whole call, as transformers' one forward
+     * over the same tokens: only dynamic NTK depends on it */
+    const int64_t seq_len = (int64_t)n_past + n;
+    float *one = logits_all ? logits_all : logits_last;
+    if (c->graphs && n == 1 && one) {
         if (cancel && atomic_load(cancel))
             return qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
+        bool done = false;
+        qrun_status st = decode_graph(c, ids[0], n_past, seq_len, one, &done, err);
+        if (st != QRUN_OK)
+            return drain(c, st, err);
+        if (done) {
+            if (logits_all && logits_last)
+                memcpy(logits_last, logits_all, (size_t)V * sizeof(float));
+            return QRUN_OK;
+        }
+    }
+    qpart *out = &c->part[c->n_parts - 1];
+    for (int off = 0; off < n; off += c->n_batch) {
+        int m = n - off < c->n_batch ? n - off : c->n_batch;
+        qrun_status st = run_piece(c, ids + off, m, n_past + off, seq_len, cancel, false, err);
+        if (st == QRUN_OK && cancel && atomic_load(cancel))
+            st = qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
+        if (st != QRUN_OK)
+            return drain(c, st, err);
         if (logits_all)
             for (int r = 0; r < m; r += c->lg_rows) {
                 int k = m - r < c->lg_rows ? m - r : c->lg_rows;
                 if (!output_rows(c, r, k, logits_all + (size_t)(off + r) * (size_t)V, err))
-                    return err ? err->code : QRUN_ERR_INTERNAL;
+                    return drain(c, failed(err), err);
             }
         if (logits_last && off + m == n) {
             if (logits_all)
                 memcpy(logits_last, logits_all + (size_t)(n - 1) * (size_t)V,
                        (size_t)V * sizeof(float));
             else if (!output_rows(c, m - 1, 1, logits_last, err))
-                return err ? err->code : QRUN_ERR_INTERNAL;
+                return drain(c, failed(err), err);
         }
     }
+    /* without logits nothing waited for the device: report its errors now */
+    if (out->ops->sync && !out->ops->sync(out->be, err))
+        return failed(err);
+    if (n == 1 && c->graphs)
+        c->eager_decodes++;
+    return QRUN_OK;
+}
+
+qrun_status qctx_forward_sample(qctx *c, int32_t id, int n_past, const qctx_sample *smp,
+                                int32_t *next, const atomic_int *cancel, qerr *err)
+{
+    if (!c || !smp || !next || n_past < 0 || smp->n_recent < 0 ||
+        (smp->n_recent > 0 && !smp->recent))
+        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "forward_sample: bad arguments");
+    *next = -1;
+    if (!c->dev_sampling)
+        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                        "forward_sample: this session cannot sample on the device");
+    if (n_past >= c->n_ctx)
+        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                        "forward: 1 token after %d does not fit the context of %d", n_past,
+                        c->n_ctx);
+    if (id < 0 || id >= c->e->sizes.vocab)
+        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                        "forward: token id %d is outside the vocabulary [0, %d)", id,
+                        c->e->sizes.vocab);
+    if (cancel && atomic_load(cancel))
+        return qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
+    qpart *p = &c->part[0];
+    const int64_t seq_len = (int64_t)n_past + 1;
+    bool done = false;
+    qrun_status st = QRUN_OK;
+    if (c->graphs)
+        st = decode_graph(c, id, n_past, seq_len, NULL, &done, err);
+    if (st == QRUN_OK && !done) {
+        st = run_piece(c, &id, 1, n_past, seq_len, cancel, false, err);
+        if (st == QRUN_OK && !output_enqueue(c, 0, 1, err))
+            st = failed(err);
+        if (st == QRUN_OK && c->graphs)
+            c->eager_decodes++;
+    }
+    if (st != QRUN_OK)
+        return drain(c, st, err);
+    qbk_sample_params kp = {smp->temperature, smp->top_k, smp->top_p, smp->min_p,
+                            smp->repeat_penalty};
+    if (!p->ops->sample(p->be, p->logits, 0, &kp, smp->recent, smp->n_recent, smp->draw, next,
+                        err))
+        return drain(c, failed(err), err);
+    c->device_samples++;
+    return QRUN_OK;
+}
+
+qrun_status qctx_last_logits(qctx *c, float *logits, qerr *err)
+{
+    if (!c || !logits || !c->dev_sampling)
+        return qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "last_logits: bad arguments");
+    qpart *p = &c->part[0];
+    if (!p->ops->to_host(p->be, p->logits, 1, logits, err))
+        return failed(err);
     return QRUN_OK;
 }

@@ -6,6 +6,10 @@
 
 #include "qrun.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define QERR_MSG_MAX 1024
 
 typedef struct qerr {
@@ -29,5 +33,9 @@ void qerr_prefix(qerr *err, const char *fmt, ...)
     ;
 
 void qerr_clear(qerr *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -20,6 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum quant_4bit_type { QUANT_NF4 = 0, QUANT_FP4 = 1 } quant_4bit_type;
 
 /* Code books in code order (index = 4-bit code). fp4 code 8 is -0.0 as in the
@@ -92,5 +96,9 @@ bool quant_4bit_near_threshold(quant_4bit_type t, float s, int ulps);
 bool quant_dq_near_midpoint(float s, const float map[256], int ulps);
 /* v = w * (127 / scb) near a rounding boundary n + 0.5. */
 bool quant_int8_near_half(float v, int ulps);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -105,9 +105,9 @@ static void rng_seed(uint64_t s[4], uint64_t seed, uint64_t seq)
         s[0] = 1;
 }
 
-static double rng_uniform(uint64_t s[4]) /* [0, 1), 53 bits */
+double qsampler_draw_unit(uint64_t draw) /* [0, 1), 53 bits, exact */
 {
-    return (double)(xoshiro_next(s) >> 11) * 0x1p-53;
+    return (double)(draw >> 11) * 0x1p-53;
 }
 
 /* ---- parameters ------------------------------------------------------------- */
@@ -166,6 +166,11 @@ struct qsampler {
     uint8_t *seen;    /* [vocab] all zero between calls */
     int32_t *hist;    /* ring of the last hist_cap accepted tokens */
     int32_t hist_cap, hist_len, hist_pos;
+    /* How the survivors of the last run_chain are to be walked by the draw:
+     * rank_walk: rank order (else id order); partitioned: c[] is only
+     * partitioned by rank (more than QSAMPLER_SORTED_WALK_MAX survivors),
+     * the draw selects by partition instead of walking a sorted array. */
+    bool rank_walk, partitioned;
 };
 
 static int32_t hist_capacity(const qsampler_params *p, int32_t n_ctx)
@@ -289,6 +294,26 @@ qrun_status qsampler_accept_many(qsampler *s, const int32_t *ids, size_t n, qerr
     return QRUN_OK;
 }
 
+/* ---- what a GPU sampler needs to reproduce qsampler_sample -------------------- */
+
+bool qsampler_is_greedy(const qsampler *s) { return !(s->p.temperature > 0.0f); }
+
+uint64_t qsampler_draw(qsampler *s) { return xoshiro_next(s->rng); }
+
+const qsampler_params *qsampler_get_params(const qsampler *s) { return &s->p; }
+
+int32_t qsampler_window_capacity(const qsampler *s) { return s->hist_cap > 0 ? s->hist_cap : 0; }
+
+size_t qsampler_window(const qsampler *s, int32_t *ids, size_t cap)
+{
+    /* The ring holds the last hist_len tokens ending just before hist_pos. */
+    size_t len = (size_t)s->hist_len;
+    size_t start = (size_t)(s->hist_len < s->hist_cap ? 0 : s->hist_pos);
+    for (size_t i = 0; i < len && i < cap; i++)
+        ids[i] = s->hist[(start + i) % (size_t)s->hist_cap];
+    return len;
+}
+
 /* Rank order: higher logit first, then lower id. A strict total order (ids
  * are unique), so what selection and sorting keep does not depend on the
  * algorithm or the libc. */
@@ -301,6 +326,12 @@ static int cand_cmp(const void *pa, const void *pb)
 {
     const qsamp_cand *a = pa, *b = pb;
     return cand_before(a, b) ? -1 : (cand_before(b, a) ? 1 : 0);
+}
+
+static int cand_cmp_id(const void *pa, const void *pb)
+{
+    const qsamp_cand *a = pa, *b = pb;
+    return (a->id > b->id) - (a->id < b->id);
 }
 
 static inline void cand_swap(qsamp_cand *a, qsamp_cand *b)
@@ -390,6 +421,9 @@ static void select_top(qsamp_cand *c, size_t n, size_t k)
     }
 }
 
+/* top_p_prefix sorts ranges of at most this many candidates and walks them. */
+#define QSAMP_TOPP_SORT_MAX 64
+
 /* Top-p: rearrange c[0..n) (weights in .w) so that c[0..keep) is the
  * smallest rank prefix whose mass reaches `target`; returns keep. Expected
  * O(n): partition around a pivot, keep the better side if its mass already
@@ -402,7 +436,7 @@ static size_t top_p_prefix(qsamp_cand *c, size_t n, double target)
     double need = target;
     int budget = select_budget(n);
     for (;;) {
-        if (hi - lo <= 64 || budget-- == 0) {
+        if (hi - lo <= QSAMP_TOPP_SORT_MAX || budget-- == 0) {
             qsort(c + lo, hi - lo, sizeof *c, cand_cmp);
             double cum = 0.0;
             for (size_t i = lo; i < hi; i++) {
@@ -455,6 +489,8 @@ static qrun_status run_chain(qsampler *s, const float *logits, size_t *n_out, bo
     /* 2–4 in one pass over the logits. NaN and -inf are dropped; +inf
      * tokens, if any, are the only candidates, equally likely. */
     size_t n = 0, n_pinf = 0;
+    size_t n_read = 0;    /* tokens kept by the clean-up (the heap holds only k) */
+    bool id_order = true; /* c[0..n) is in id order (no heap built) */
 #define QSAMP_LOAD(i)                                                                          \
     float l = logits[i];                                                                       \
     if (penalize && s->seen[i])                                                                \
@@ -487,6 +523,7 @@ static qrun_status run_chain(qsampler *s, const float *logits, size_t *n_out, bo
         float floor_l = -INFINITY;
         for (size_t i = 0; i < v; i++) {
             QSAMP_LOAD(i)
+            n_read++;
             if (l == INFINITY)
                 n_pinf++;
             if (l < floor_l) /* cannot beat the worst of the heap */
@@ -498,6 +535,7 @@ static qrun_status run_chain(qsampler *s, const float *logits, size_t *n_out, bo
                     for (size_t h = k / 2; h-- > 0;)
                         heap_sift(c, k, h);
                     floor_l = c[0].logit;
+                    id_order = false;
                 }
             } else if (cand_before(&x, &c[0])) {
                 c[0] = x;
@@ -514,6 +552,7 @@ static qrun_status run_chain(qsampler *s, const float *logits, size_t *n_out, bo
             c[n].id = (int32_t)i;
             n++;
         }
+        n_read = n;
     }
 #undef QSAMP_LOAD
     if (penalize)
@@ -538,6 +577,9 @@ static qrun_status run_chain(qsampler *s, const float *logits, size_t *n_out, bo
             }
         n = m;
     }
+    /* Candidates after the clean-up, before top-k: whether top-k cuts. */
+    const size_t n_clean = n_pinf ? n_pinf : n_read;
+    const bool topk_cut = k > 0 && k < n_clean;
     /* 4. top-k when it was not done while reading (k large) */
     if (k > 0 && k < n) {
         select_top(c, n, k);
@@ -549,7 +591,10 @@ static qrun_status run_chain(qsampler *s, const float *logits, size_t *n_out, bo
             maxl = c[i].logit;
 
     /* 5. top-p on the renormalised survivors of top-k */
-    if (p->top_p < 1.0f && n > 1) {
+    const bool topp_on = p->top_p < 1.0f && n > 1;
+    bool rank_sorted = false; /* top_p_prefix sorted c[0..n) whole */
+    if (topp_on) {
+        rank_sorted = n <= QSAMP_TOPP_SORT_MAX;
         double z = 0.0;
         for (size_t i = 0; i < n; i++) {
             c[i].w = exp_neg((double)c[i].logit - (double)maxl);
@@ -572,8 +617,47 @@ static qrun_status run_chain(qsampler *s, const float *logits, size_t *n_out, bo
     const double t = p->temperature;
     for (size_t i = 0; i < n; i++)
         c[i].w = exp_neg(((double)c[i].logit - (double)maxl) / t);
+
+    /* 8's walk order: rank order when top-k or top-p truncated the ranking
+     * (the draw's cumulative weights then follow the ranking the filters
+     * used), id order otherwise. A GPU sampler reproduces these orders
+     * without simulating the heap or the partitions above. */
+    s->rank_walk = topk_cut || topp_on;
+    s->partitioned = false;
+    if (n > 1 && s->rank_walk && !rank_sorted) {
+        if (n <= QSAMPLER_SORTED_WALK_MAX)
+            qsort(c, n, sizeof *c, cand_cmp);
+        else
+            s->partitioned = true;
+    } else if (n > 1 && !s->rank_walk && !id_order) {
+        qsort(c, n, sizeof *c, cand_cmp_id);
+    }
     *n_out = n;
     return QRUN_OK;
+}
+
+/* The draw over more than QSAMPLER_SORTED_WALK_MAX survivors in rank order
+ * without sorting them: the first rank position whose cumulative weight
+ * exceeds u is where the smallest rank prefix of mass >= next_up(u) ends, so
+ * top_p_prefix finds it in expected O(n); that position's candidate ends up
+ * at c[keep - 1]. Only rounding (u at the very top of the total) can make
+ * it a zero-weight one: then, as in the sorted walk, the last candidate in
+ * rank order with weight. */
+static size_t partition_pick(qsamp_cand *c, size_t n, double u)
+{
+    uint64_t bits;
+    memcpy(&bits, &u, sizeof bits);
+    bits++; /* u >= +0 and finite: the next double above */
+    double above;
+    memcpy(&above, &bits, sizeof above);
+    size_t keep = top_p_prefix(c, n, above);
+    if (c[keep - 1].w > 0.0)
+        return keep - 1;
+    size_t last = n;
+    for (size_t i = 0; i < n; i++)
+        if (c[i].w > 0.0 && (last == n || cand_before(&c[last], &c[i])))
+            last = i;
+    return last == n ? 0 : last;
 }
 
 static qrun_status check_call(qsampler *s, const float *logits, qerr *err)
@@ -603,11 +687,15 @@ qrun_status qsampler_sample(qsampler *s, const float *logits, int32_t *id, qerr 
         return QRUN_OK;
     }
     /* 8. one draw: u in [0, W), walk the cumulative weights. */
-    const qsamp_cand *c = s->cand;
+    qsamp_cand *c = s->cand;
     double total = 0.0;
     for (size_t i = 0; i < n; i++)
         total += c[i].w;
-    double u = rng_uniform(s->rng) * total;
+    double u = qsampler_draw_unit(xoshiro_next(s->rng)) * total;
+    if (s->partitioned) {
+        *id = c[partition_pick(c, n, u)].id;
+        return QRUN_OK;
+    }
     double acc = 0.0;
     size_t pick = n; /* rounding fallback: the last candidate with weight */
     for (size_t i = 0; i < n; i++) {

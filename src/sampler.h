@@ -14,7 +14,17 @@
  *      softmax(logits) of the candidates that survived the previous step
  *      (so the candidate set does not depend on the temperature);
  *   7. temperature: probabilities of the survivors = softmax(logit / T);
- *   8. one draw from our own PRNG (xoshiro256**) picks the token.
+ *   8. one draw from our own PRNG (xoshiro256**) picks the token: the 64-bit
+ *      output d becomes U = (d >> 11) * 2^-53 (qsampler_draw_unit), u = U * W
+ *      with W the sum of the survivors' weights exp((l - l_max) / T), and the
+ *      token is the first survivor, in WALK ORDER, whose cumulative weight
+ *      exceeds u (rounding past the end: the last one with weight > 0).
+ *      Walk order: rank order (below) when top-k cut the candidates (k < their
+ *      number) or top-p ran (top_p < 1 and more than one candidate left);
+ *      id order otherwise (plain temperature sampling, min-p alone). Up to
+ *      QSAMPLER_SORTED_WALK_MAX survivors the walk adds the weights one by one
+ *      in that order; beyond, the rank-order walk is found by partitioning
+ *      (same token up to the rounding of the sums).
  *
  * Ordering ties (top-k and top-p boundaries): candidates are ranked by logit,
  * descending, then by id, ascending, so among equal logits the lower ids are
@@ -61,6 +71,11 @@ typedef struct qsampler_params {
 #define QSAMPLER_DEFAULT_REPEAT_PENALTY 1.0f
 #define QSAMPLER_DEFAULT_REPEAT_LAST_N 64
 
+/* The largest number of survivors walked one by one in rank order (see 8.);
+ * the GPU sampler (src/kernels/sample.h) uses the same bound so that both
+ * add the same weights in the same order. */
+#define QSAMPLER_SORTED_WALK_MAX 1024
+
 void qsampler_params_default(qsampler_params *p);
 /* QRUN_OK or QRUN_ERR_INVALID_ARGUMENT naming the bad field. */
 qrun_status qsampler_params_check(const qsampler_params *p, qerr *err);
@@ -95,11 +110,33 @@ qrun_status qsampler_sample(qsampler *s, const float *logits, int32_t *id, qerr 
 
 /* Steps 1–7 without the draw: the surviving candidates and their final
  * probabilities (summing to 1). The arrays live in s and stay valid until
- * the next filter/sample call. Their order is deterministic but otherwise
- * unspecified (the draw walks them in this order). Greedy: the single argmax
- * with p = 1. */
+ * the next filter/sample call. Their order is deterministic: up to
+ * QSAMPLER_SORTED_WALK_MAX survivors it is the walk order of 8., beyond
+ * that unspecified. Greedy: the single argmax with p = 1. */
 qrun_status qsampler_filter(qsampler *s, const float *logits, const int32_t **ids,
                             const double **probs, size_t *n, qerr *err);
+
+/* ---- reproducing qsampler_sample elsewhere (the GPU sampler) ----------------
+ * qsampler_sample(s, logits) equals the chain above run on the parameters
+ * qsampler_get_params(s), the penalty window qsampler_window(s) and, unless
+ * greedy, the draw qsampler_draw(s) — which consumes exactly the 64-bit PRNG
+ * output that qsampler_sample would have consumed. A caller sampling
+ * elsewhere takes the draw here instead of calling qsampler_sample, and
+ * accepts the chosen id as usual. */
+
+/* temperature <= 0: qsampler_sample takes no draw. */
+bool qsampler_is_greedy(const qsampler *s);
+/* The next 64-bit output of s's PRNG (advances it). */
+uint64_t qsampler_draw(qsampler *s);
+/* U in [0, 1) of step 8: (draw >> 11) * 2^-53, exact. */
+double qsampler_draw_unit(uint64_t draw);
+const qsampler_params *qsampler_get_params(const qsampler *s);
+/* Most ids the penalty window holds (0: no penalty window). */
+int32_t qsampler_window_capacity(const qsampler *s);
+/* The ids of the penalty window, oldest first, repeats included: copies
+ * min(length, cap) of them to ids and returns the length. The penalty
+ * applies to them only when repeat_penalty != 1. */
+size_t qsampler_window(const qsampler *s, int32_t *ids, size_t cap);
 
 /* exp(x) for x <= 0 from + - * / only (bit-identical everywhere); 0 below
  * -708 and for -inf. Relative error below 1e-15. Exposed for the tests. */

@@ -11,6 +11,10 @@
 #include "error.h"
 #include "qbin.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct qweight {
     qdtype dtype;           /* F32, F16, BF16, NF4, FP4 or I8 */
     uint64_t rows, cols;    /* out_features N, in_features K; row-major [N, K] */
@@ -34,5 +38,9 @@ typedef struct qweight {
  * read according to the file's "quantization" metadata. Shapes and dtypes
  * are checked; an error names the tensor. */
 bool qweight_from_qbin(const qbin_file *f, const char *name, qweight *w, qerr *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -53,8 +53,10 @@ static const char usage_text[] =
     "  -c, --ctx-size N         context length (default: the model's, at most 4096)\n"
     "  -b, --batch-size N       prompt tokens per forward pass (default 512)\n"
     "  -t, --threads N          CPU threads (default: one per core)\n"
-    "      --backend B          auto (default), cpu or cuda\n"
-    "      --gpu-layers N|auto  layers on the GPU (default auto)\n"
+    "      --backend B          auto (default: the GPU when one is usable), cpu or\n"
+    "                           cuda\n"
+    "      --gpu-layers N|auto  decoder layers on the GPU, the rest on the CPU\n"
+    "                           (default auto: as many as fit)\n"
     "      --kv-type T          f16 (default) or f32 KV cache\n"
     "      --no-verify          skip checking tensor checksums when loading\n"
     "\n"
@@ -272,6 +274,15 @@ static bool on_token(void *user, int seq, int32_t token, const char *text, size_
         g->ids[seq][g->n_ids[seq]++] = token;
     }
     return true;
+}
+
+/* Library messages: warnings always (such as AUTO falling back to the CPU),
+ * information (GPU layers, device memory) with -v. */
+static void on_log(void *user, qrun_log_level level, const char *message)
+{
+    const options *o = user;
+    if (level <= QRUN_LOG_WARN || (o->verbose && level == QRUN_LOG_INFO))
+        fprintf(stderr, "qrun: %s\n", message);
 }
 
 static double now(void)
@@ -765,6 +776,8 @@ static int run(int argc, char **argv, const char **stops)
     mp.n_threads = o.n_threads;
     mp.gpu_layers = o.gpu_layers;
     mp.verify_checksums = o.verify;
+    mp.log = on_log;
+    mp.log_user = &o;
     char err[2048];
     qrun_model *m = NULL;
     qrun_status lst = qrun_model_load(o.model, &mp, &m, err, sizeof err);
@@ -779,11 +792,16 @@ static int run(int argc, char **argv, const char **stops)
     if (o.verbose) {
         qrun_model_info mi;
         qrun_model_get_info(m, &mi);
+        char gpu[512] = "";
+        if (mi.n_gpu_layers > 0)
+            snprintf(gpu, sizeof gpu, " (%s: %d of %d layers, %.1f MiB of weights on the GPU)",
+                     mi.gpu_name, mi.n_gpu_layers, mi.n_layers,
+                     (double)mi.gpu_weight_bytes / 1048576.0);
         fprintf(stderr,
-                "qrun: %s: %s, %llu parameters, weights %s, compute %s, backend %s, vocab %d, "
+                "qrun: %s: %s, %llu parameters, weights %s, compute %s, backend %s%s, vocab %d, "
                 "trained context %d, loaded in %.2f s\n",
                 o.model, mi.architecture, (unsigned long long)mi.n_params, mi.weights,
-                mi.compute_dtype, mi.backend, mi.vocab_size, mi.n_ctx_train, load_s);
+                mi.compute_dtype, mi.backend, gpu, mi.vocab_size, mi.n_ctx_train, load_s);
     }
 
     int rc;

@@ -282,10 +282,18 @@ static void cpu_copy_rows(qbackend *be, const qbk_buf *src, int src_row, qbk_buf
             (size_t)n * (size_t)src->cols * sizeof(float));
 }
 
-static void cpu_to_host(qbackend *be, const qbk_buf *b, int n, float *host)
+static bool cpu_to_host(qbackend *be, const qbk_buf *b, int n, float *host, qerr *err)
 {
-    (void)be;
+    (void)be, (void)err;
     memcpy(host, b->data, (size_t)n * (size_t)b->cols * sizeof(float));
+    return true;
+}
+
+static bool cpu_from_host(qbackend *be, const float *host, int n, qbk_buf *b, qerr *err)
+{
+    (void)be, (void)err;
+    memcpy(b->data, host, (size_t)n * (size_t)b->cols * sizeof(float));
+    return true;
 }
 
 const qbackend_ops qbackend_cpu = {
@@ -308,4 +316,6 @@ const qbackend_ops qbackend_cpu = {
     .add = cpu_add_op,
     .copy_rows = cpu_copy_rows,
     .to_host = cpu_to_host,
+    .from_host = cpu_from_host,
+    /* synchronous: no begin_step, sync or graphs */
 };

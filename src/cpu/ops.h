@@ -20,6 +20,10 @@
 #include "dtype.h"
 #include "error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Largest head_dim the rotary and attention ops handle (their per-task state
  * lives on the stack). */
 #define CPU_MAX_HEAD_DIM 512
@@ -161,5 +165,9 @@ void cpu_gelu(qthreads *pool, float *out, const float *x, size_t n, qdtype act);
 void cpu_add(qthreads *pool, float *out, const float *a, const float *b, size_t n, qdtype act);
 /* out = act(x * s) (a plain copy when s == 1 and act == f32). */
 void cpu_scale(qthreads *pool, float *out, const float *x, float s, size_t n, qdtype act);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

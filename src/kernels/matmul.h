@@ -1,0 +1,55 @@
+/* Matrix products with stored weights on the GPU: y[m, N] = x[m, K] · Wᵀ
+ * (+ bias), the function qmatmul computes on the CPU (src/cpu/matmul.h, its
+ * numerics comment is the contract), followed by rounding to `round_to`
+ * (qmatmul_round; QDT_F32: none) as the backends' matmul op does.
+ *
+ *  - decode (m <= QK_GEMV_MAX_M): fused dequantize-GEMV kernels that read the
+ *    packed weight once for all m rows: nf4/fp4 (absmax f32 or double-
+ *    quantized), int8 (LLM.int8 with outlier columns, threshold 0 included)
+ *    and f16/bf16/f32 weights;
+ *  - prefill (larger m): the weight is dequantized (to the compute dtype) in
+ *    row chunks into the workspace and multiplied with cuBLAS (f32
+ *    accumulation); f16/bf16 weights go to cuBLAS directly. int8 uses the
+ *    exact int32 product (integer arithmetic is exact, so the int8 part
+ *    equals the CPU's bit for bit) plus the outlier columns.
+ * Launches depend only on the shapes and m, so they are graph-capturable. */
+#ifndef QRUN_KERNELS_MATMUL_H
+#define QRUN_KERNELS_MATMUL_H
+
+#include <stddef.h>
+
+#include "kernels/qk.h"
+#include "weight.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QK_GEMV_MAX_M 8
+
+/* cuBLAS handle and workspace of one stream (one per backend session). */
+typedef struct qk_blas qk_blas;
+
+/* Workspace bytes qk_matmul needs for products of up to max_m rows with any
+ * weight of at most max_n rows and max_k columns, in compute dtype
+ * `compute` (dequantized chunks, int8 activations, cuBLAS workspace). */
+size_t qk_matmul_workspace_size(int max_m, uint64_t max_n, uint64_t max_k, qdtype compute);
+
+/* Create the cuBLAS handle bound to `stream` with `workspace_bytes` of device
+ * workspace (qk_matmul_workspace_size). NULL with an error (QRUN_ERR_DEVICE,
+ * naming cuBLAS or the allocation and its size) on failure. */
+qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err);
+void qk_blas_free(qk_blas *b);
+
+/* y[m, w->rows] = round_to(x[m, w->cols] · Wᵀ + bias). w's pointers (data,
+ * absmax, qabsmax, absmax2, dq_map, scb) and bias are device pointers; x and
+ * y are device f32, must not overlap. compute: QDT_F32, QDT_F16 or QDT_BF16
+ * (the dtype weights are dequantized to, as qmatmul). bias: NULL or w->rows
+ * values of bias_dt. m in [1, the max_m of the workspace]. */
+bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compute,
+               qdtype bias_dt, const void *bias, qdtype round_to, float *y, qerr *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

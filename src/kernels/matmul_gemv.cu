@@ -1,0 +1,388 @@
+/* Decode GEMV (m <= QK_GEMV_MAX_M rows of x): fused dequantize + dot
+ * products, the weight read once from memory for all m rows.
+ *
+ * Fast path (cols a multiple of the values in 16 bytes, data 16-byte
+ * aligned; every real model shape):
+ *  - a block owns GV_GROUPS * GV_ROWS consecutive weight rows; each group
+ *    of GV_ROWS rows is shared by KS warps (2 where a tile holds at least 4
+ *    warp steps, else 1), warp j taking every KS-th
+ *    32-vector slice of the columns (more warps in flight than
+ *    rows / GV_ROWS alone would give; their sums are added in a fixed
+ *    order at the end). Lane l reads 16-byte vectors of each of the rows
+ *    (E values per vector), the next vectors loaded before the current ones
+ *    are used;
+ *  - x is staged in shared memory in tiles of KT columns for all m rows,
+ *    padded by 16 bytes every E floats so that the lanes' float4 reads (one
+ *    per row of x, feeding GV_ROWS weight rows) hit distinct banks;
+ *  - 4-bit: the 16-entry code book sits in shared memory (16 words in 16
+ *    banks, so any lookups of a warp are conflict-free), every value is
+ *    RNE_T(f32(LUT[code] * absmax)) exactly as the CPU rounds it, and a
+ *    vector of 32 codes never crosses a block (blocks are >= 32 and aligned
+ *    in the flattened tensor), so it needs one absmax;
+ *  - each lane sums in f32 (FMA), the warp reduces by shuffles, and the lane
+ *    owning an output adds the bias and rounds to round_to.
+ * Any other shape (odd cols, blocks that start mid-row at odd offsets,
+ * unaligned data) takes a simple warp-per-row kernel reading bytes.
+ * The sums differ from the CPU's only in order (bound in the test). */
+#include "kernels/matmul_parts.cuh"
+
+namespace {
+
+constexpr int GV_ROWS = 4;   /* weight rows per warp: an x value read from shared memory feeds 4 */
+constexpr int GV_GROUPS = 4; /* row groups per block (fast kernel) */
+constexpr int GV_MAX_THREADS = GV_GROUPS * 2 * 32;
+constexpr int GA_WARPS = 4; /* warps (= rows) per block of the any-shape kernel */
+constexpr int GA_THREADS = GA_WARPS * 32;
+constexpr int Q4 = QDT_NF4; /* storage tag shared by nf4 and fp4 (the LUT differs only) */
+
+/* Geometry of a fast kernel for storage WD with M rows of x. */
+template <int WD, int M> struct gv_geom {
+    static constexpr int E = WD == Q4 ? 32 : WD == QDT_F32 ? 4 : 8; /* values per 16 bytes */
+    static constexpr int STEP = 32 * E;                               /* columns per warp load */
+    /* 16-byte rows of 4-value vectors read by 8 lanes at a stride of E
+     * floats: without padding E >= 8 strides share banks. */
+    static constexpr bool PAD = E >= 8;
+    /* Tile width: about 24-37 KiB of shared memory whatever M. */
+    static constexpr int KT = WD == Q4 ? (M == 1 ? 8192 : M == 2 ? 4096 : M <= 4 ? 2048 : 1024)
+                                       : (M == 1 ? 4096 : M == 2 ? 2048 : M <= 4 ? 1024 : 512);
+    static constexpr int XS = KT + (PAD ? 4 * (KT / E) : 0); /* padded floats per x row */
+    /* Warps per row group (KS in the header comment): 2 where each then
+     * still gets at least two warp steps per tile (so that it has vectors
+     * in flight between the tile's barriers), else 1. */
+    static constexpr int KS = KT / STEP >= 4 ? 2 : 1;
+    static constexpr int THREADS = GV_GROUPS * KS * 32;
+    static constexpr size_t SMEM = sizeof(float) * (size_t)M * XS;
+    __device__ static int pad(int k) { return PAD ? k + 4 * (k / E) : k; }
+};
+
+__device__ __forceinline__ uint32_t word_of(const uint4 &v, int i)
+{
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* The code book entry of the nibble at bit `pos` of w (a compile-time
+ * position): its byte offset in the table is the nibble times 4, one shift
+ * and one mask. */
+template <int POS> __device__ __forceinline__ float lut_at(const float *lut, uint32_t w)
+{
+    uint32_t off = POS >= 2 ? (w >> (POS >= 2 ? POS - 2 : 0)) & 0x3cu
+                            : (w << (POS >= 2 ? 0 : 2 - POS)) & 0x3cu;
+    return *reinterpret_cast<const float *>(reinterpret_cast<const char *>(lut) + off);
+}
+
+/* a, b = RNE_T(a), RNE_T(b): one packed conversion for the pair. */
+template <int T> __device__ __forceinline__ void round_pair(float &a, float &b)
+{
+    if (T == QDT_F16) {
+        float2 f = __half22float2(__floats2half2_rn(a, b));
+        a = f.x, b = f.y;
+    } else if (T == QDT_BF16) {
+        float2 f = __bfloat1622float2(__floats2bfloat162_rn(a, b));
+        a = f.x, b = f.y;
+    }
+}
+
+/* Values 4g..4g+3 of a 16-byte vector as W_T (rt: the rounding of plain
+ * weights, QDT_F32 for none). Byte j of the vector holds value 2j in its
+ * high nibble; little-endian words hold bytes 4i..4i+3. */
+template <int WD, int T, int G>
+__device__ __forceinline__ void gv_decode(const uint4 &v, float sc, const float *lut, int rt,
+                                          float out[4])
+{
+    if (WD == Q4) {
+        constexpr int S = 16 * (G & 1); /* the group's two bytes start at bit S */
+        const uint32_t w = word_of(v, G >> 1);
+        out[0] = __fmul_rn(lut_at<S + 4>(lut, w), sc);
+        out[1] = __fmul_rn(lut_at<S>(lut, w), sc);
+        out[2] = __fmul_rn(lut_at<S + 12>(lut, w), sc);
+        out[3] = __fmul_rn(lut_at<S + 8>(lut, w), sc);
+        round_pair<T>(out[0], out[1]);
+        round_pair<T>(out[2], out[3]);
+    } else if (WD == QDT_F32) {
+        out[0] = qk_round(__uint_as_float(v.x), (qdtype)rt);
+        out[1] = qk_round(__uint_as_float(v.y), (qdtype)rt);
+        out[2] = qk_round(__uint_as_float(v.z), (qdtype)rt);
+        out[3] = qk_round(__uint_as_float(v.w), (qdtype)rt);
+    } else {
+        uint32_t lo = word_of(v, 2 * G), hi = word_of(v, 2 * G + 1);
+        if (WD == QDT_F16) {
+            float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&lo));
+            float2 b = __half22float2(*reinterpret_cast<const __half2 *>(&hi));
+            out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+        } else {
+            out[0] = __uint_as_float(lo << 16), out[1] = __uint_as_float(lo & 0xffff0000u);
+            out[2] = __uint_as_float(hi << 16), out[3] = __uint_as_float(hi & 0xffff0000u);
+        }
+        for (int i = 0; i < 4; i++)
+            out[i] = qk_round(out[i], (qdtype)rt);
+    }
+}
+
+/* Copy x[:, k0 .. k0+kt) into the padded tile (kt a multiple of 4). */
+template <int WD, int M>
+__device__ __forceinline__ void gv_stage_x(const float *__restrict__ x, uint64_t K, uint64_t k0,
+                                           int kt, bool x_vec, float *xs)
+{
+    using G = gv_geom<WD, M>;
+#pragma unroll
+    for (int m = 0; m < M; m++)
+        for (int k = 4 * threadIdx.x; k < kt; k += 4 * G::THREADS) {
+            const float *src = x + (uint64_t)m * K + k0 + k;
+            float4 v = x_vec ? __ldg(reinterpret_cast<const float4 *>(src))
+                             : make_float4(__ldg(src), __ldg(src + 1), __ldg(src + 2),
+                                           __ldg(src + 3));
+            *reinterpret_cast<float4 *>(xs + m * G::XS + G::pad(k)) = v;
+        }
+}
+
+/* Each warp's rows at tile column kk: 16-byte vectors and (4-bit) scales. */
+template <int WD>
+__device__ __forceinline__ void gv_load(const mm_weight &w, const float *dqm, uint64_t row0,
+                                        uint64_t col, uint4 v[GV_ROWS], float sc[GV_ROWS])
+{
+    constexpr int ESZ = WD == QDT_F32 ? 4 : 2; /* bytes per value; 4-bit handled apart */
+    for (int r = 0; r < GV_ROWS; r++) {
+        uint64_t row = row0 + r;
+        v[r] = make_uint4(0, 0, 0, 0);
+        sc[r] = 0.0f;
+        if (row < w.N) {
+            uint64_t f = row * w.K + col;
+            const unsigned char *p = (const unsigned char *)w.data;
+            if (WD == Q4) {
+                v[r] = __ldg(reinterpret_cast<const uint4 *>(p + (f >> 1)));
+                uint64_t b = f >> w.bs_shift; /* as mm_block_absmax, the map in shared memory */
+                sc[r] = w.absmax ? __ldg(w.absmax + b)
+                                 : __fadd_rn(__fmul_rn(dqm[__ldg(w.qabsmax + b)],
+                                                       __ldg(w.absmax2 + (b >> 8))),
+                                             w.absmax_offset);
+            } else {
+                v[r] = __ldg(reinterpret_cast<const uint4 *>(p + f * ESZ));
+            }
+        }
+    }
+}
+
+/* acc[r][m] += the dot products of the current vectors with x, 4 values
+ * (group G) at a time; recursion unrolls the groups with G a constant. */
+template <int WD, int M, int T, int G>
+__device__ __forceinline__ void gv_groups(const uint4 cur[GV_ROWS], const float csc[GV_ROWS],
+                                          const float *lut, int rt, const float *xp,
+                                          float acc[GV_ROWS][M])
+{
+    if constexpr (G < gv_geom<WD, M>::E / 4) {
+        float wv[GV_ROWS][4];
+#pragma unroll
+        for (int r = 0; r < GV_ROWS; r++)
+            gv_decode<WD, T, G>(cur[r], csc[r], lut, rt, wv[r]);
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float4 xv = *reinterpret_cast<const float4 *>(xp + m * gv_geom<WD, M>::XS + 4 * G);
+#pragma unroll
+            for (int r = 0; r < GV_ROWS; r++) {
+                float a = acc[r][m];
+                a = fmaf(wv[r][0], xv.x, a);
+                a = fmaf(wv[r][1], xv.y, a);
+                a = fmaf(wv[r][2], xv.z, a);
+                a = fmaf(wv[r][3], xv.w, a);
+                acc[r][m] = a;
+            }
+        }
+        gv_groups<WD, M, T, G + 1>(cur, csc, lut, rt, xp, acc);
+    }
+}
+
+template <int WD, int M, int T>
+__global__ void __launch_bounds__(GV_MAX_THREADS)
+    gemv_fast(mm_weight w, const float *__restrict__ x, int x_vec, int rt, mm_epi e,
+              float *__restrict__ y)
+{
+    using G = gv_geom<WD, M>;
+    extern __shared__ float4 gv_smem[];
+    float *xs = reinterpret_cast<float *>(gv_smem);
+    __shared__ float lut[16];
+    __shared__ float dqm[WD == Q4 ? 256 : 1]; /* double quantization's map */
+    __shared__ float part[GV_GROUPS][32];      /* the other k-slices' sums */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp % GV_GROUPS, slice = warp / GV_GROUPS;
+    if (WD == Q4 && threadIdx.x < 16)
+        lut[threadIdx.x] = w.lut[threadIdx.x];
+    if (WD == Q4 && !w.absmax)
+        for (int i = threadIdx.x; i < 256; i += G::THREADS)
+            dqm[i] = __ldg(w.dq_map + i);
+    const uint64_t N = w.N, K = w.K;
+    const uint64_t row0 = ((uint64_t)blockIdx.x * GV_GROUPS + grp) * GV_ROWS;
+    const bool active = row0 < N; /* idle warps still help stage x */
+    float acc[GV_ROWS][M];
+    for (int r = 0; r < GV_ROWS; r++)
+        for (int m = 0; m < M; m++)
+            acc[r][m] = 0.0f;
+
+    for (uint64_t k0 = 0; k0 < K; k0 += G::KT) {
+        const int kt = (int)min((uint64_t)G::KT, K - k0);
+        __syncthreads(); /* the previous tile is consumed (and the tables written) */
+        gv_stage_x<WD, M>(x, K, k0, kt, x_vec != 0, xs);
+        __syncthreads();
+        if (!active)
+            continue;
+        int kk = lane * G::E + slice * G::STEP;
+        uint4 cur[GV_ROWS];
+        float csc[GV_ROWS];
+        if (kk < kt)
+            gv_load<WD>(w, dqm, row0, k0 + kk, cur, csc);
+        for (; kk < kt; kk += G::KS * G::STEP) {
+            uint4 nxt[GV_ROWS];
+            float nsc[GV_ROWS];
+            const bool more = kk + G::KS * G::STEP < kt;
+            if (more) /* keep the next vectors in flight while these are used */
+                gv_load<WD>(w, dqm, row0, k0 + kk + G::KS * G::STEP, nxt, nsc);
+            const float *xp = xs + G::pad(kk);
+            gv_groups<WD, M, T, 0>(cur, csc, lut, rt, xp, acc);
+            if (more) {
+#pragma unroll
+                for (int r = 0; r < GV_ROWS; r++)
+                    cur[r] = nxt[r], csc[r] = nsc[r];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GV_ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float s = acc[r][m];
+            for (int off = 16; off > 0; off >>= 1)
+                s += __shfl_xor_sync(0xffffffffu, s, off);
+            acc[r][m] = s;
+        }
+    /* Lane r*M + m owns output (row0 + r, m): slice 0 adds the other slices'
+     * sums in slice order, then the bias, and stores. */
+    float mine = 0.0f;
+#pragma unroll
+    for (int r = 0; r < GV_ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++)
+            if (lane == r * M + m)
+                mine = acc[r][m];
+    for (int j = 1; j < G::KS; j++) {
+        __syncthreads();
+        if (slice == j)
+            part[grp][lane] = mine;
+        __syncthreads();
+        if (slice == 0)
+            mine += part[grp][lane];
+    }
+    const int r = lane / M, m = lane % M;
+    if (slice == 0 && active && r < GV_ROWS && row0 + r < N) {
+        uint64_t row = row0 + r;
+        float v = e.bias ? __fadd_rn(mine, mm_bias(e, row)) : mine;
+        y[(uint64_t)m * N + row] = qk_round(v, (qdtype)e.round_to);
+    }
+}
+
+/* Any shape: a warp per weight row, lane l takes columns l, l+32, ...
+ * (byte loads, x read through L1). m and T are run-time values here. */
+__global__ void __launch_bounds__(GA_THREADS)
+    gemv_any(mm_weight w, const float *__restrict__ x, int m, int T, int rt, mm_epi e,
+             float *__restrict__ y)
+{
+    __shared__ float lut[16];
+    if (threadIdx.x < 16)
+        lut[threadIdx.x] = w.lut[threadIdx.x];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const uint64_t N = w.N, K = w.K;
+    const uint64_t row = (uint64_t)blockIdx.x * GA_WARPS + (threadIdx.x >> 5);
+    if (row >= N)
+        return;
+    const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
+    const uint8_t *codes = (const uint8_t *)w.data;
+    float acc[QK_GEMV_MAX_M];
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++)
+        acc[i] = 0.0f;
+    uint64_t cur_b = UINT64_MAX;
+    float a = 0.0f;
+    for (uint64_t k = lane; k < K; k += 32) {
+        const uint64_t f = row * K + k;
+        float wv;
+        if (q4) {
+            unsigned byte = __ldg(codes + (f >> 1));
+            unsigned c = (f & 1) ? byte & 15u : byte >> 4;
+            uint64_t b = f >> w.bs_shift;
+            if (b != cur_b) {
+                cur_b = b;
+                a = mm_block_absmax(w, b);
+            }
+            wv = qk_round(__fmul_rn(lut[c], a), (qdtype)T);
+        } else {
+            wv = qk_round(qk_load(w.data, (qdtype)w.dtype, f), (qdtype)rt);
+        }
+#pragma unroll
+        for (int i = 0; i < QK_GEMV_MAX_M; i++)
+            if (i < m)
+                acc[i] = fmaf(wv, __ldg(x + (uint64_t)i * K + k), acc[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++) {
+        float s = acc[i];
+        for (int off = 16; off > 0; off >>= 1)
+            s += __shfl_xor_sync(0xffffffffu, s, off);
+        acc[i] = s;
+    }
+    float mine = 0.0f;
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++)
+        if (lane == i)
+            mine = acc[i];
+    if (lane < m) {
+        float v = e.bias ? __fadd_rn(mine, mm_bias(e, row)) : mine;
+        y[(uint64_t)lane * N + row] = qk_round(v, (qdtype)e.round_to);
+    }
+}
+
+typedef void (*gv_launch_fn)(const mm_weight &, const float *, bool, int, const mm_epi &, float *,
+                             cudaStream_t);
+
+template <int WD, int M, int T>
+void gv_launch(const mm_weight &w, const float *x, bool x_vec, int rt, const mm_epi &e, float *y,
+               cudaStream_t s)
+{
+    using G = gv_geom<WD, M>;
+    unsigned blocks = qk_div_up(w.N, (uint64_t)GV_GROUPS * GV_ROWS);
+    gemv_fast<WD, M, T><<<blocks, G::THREADS, G::SMEM, s>>>(w, x, x_vec ? 1 : 0, rt, e, y);
+}
+
+#define GV_M_ROW(WD, T)                                                                          \
+    {                                                                                            \
+        gv_launch<WD, 1, T>, gv_launch<WD, 2, T>, gv_launch<WD, 3, T>, gv_launch<WD, 4, T>,      \
+            gv_launch<WD, 5, T>, gv_launch<WD, 6, T>, gv_launch<WD, 7, T>, gv_launch<WD, 8, T>   \
+    }
+/* 4-bit: compute dtype as a template argument (it shapes the inner loop). */
+const gv_launch_fn gv_q4[3][QK_GEMV_MAX_M] = {GV_M_ROW(Q4, QDT_F32), GV_M_ROW(Q4, QDT_F16),
+                                              GV_M_ROW(Q4, QDT_BF16)};
+/* Plain weights: the rounding (rare) is a run-time argument. */
+const gv_launch_fn gv_plain[3][QK_GEMV_MAX_M] = {GV_M_ROW(QDT_F32, QDT_F32),
+                                                 GV_M_ROW(QDT_F16, QDT_F32),
+                                                 GV_M_ROW(QDT_BF16, QDT_F32)};
+
+} /* namespace */
+
+bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
+             cudaStream_t s, qerr *err)
+{
+    const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
+    /* Plain weights are rounded to T only where T is narrower than the
+     * storage (f32 -> f16/bf16, f16 <-> bf16); else the values are exact. */
+    int rt = (T == QDT_F32 || (int)T == w.dtype) ? QDT_F32 : T;
+    int per_vec = q4 ? 32 : w.dtype == QDT_F32 ? 4 : 8;
+    bool fast = w.K % (uint64_t)per_vec == 0 && (uintptr_t)w.data % 16 == 0;
+    if (fast) {
+        bool x_vec = (uintptr_t)x % 16 == 0;
+        gv_launch_fn fn = q4 ? gv_q4[T][m - 1]
+                             : gv_plain[w.dtype == QDT_F32 ? 0 : w.dtype == QDT_F16 ? 1 : 2][m - 1];
+        fn(w, x, x_vec, rt, e, y, s);
+        return qk_launched("matmul: gemv_fast", err);
+    }
+    unsigned blocks = qk_div_up(w.N, GA_WARPS);
+    gemv_any<<<blocks, GA_THREADS, 0, s>>>(w, x, m, T, rt, e, y);
+    return qk_launched("matmul: gemv_any", err);
+}

@@ -1,0 +1,498 @@
+/* LLM.int8 on the GPU, the function src/cpu/matmul.c computes (bitsandbytes'
+ * Linear8bitLt, bnb-format.md §5), bit for bit:
+ *  - the activations are quantized exactly as qmatmul_int8_quantize_acts:
+ *    outlier columns (|x16| >= threshold in any row) are flagged, listed in
+ *    ascending order by one block, every row gets its absmax over elements
+ *    below the threshold and round_half_even(x16 · (127 / absmax)) with IEEE
+ *    division and outlier columns zeroed;
+ *  - the int8 product is an exact int32 sum (dp4a here, cuBLAS' int8 GEMM in
+ *    matmul.cu; integer sums do not depend on their order);
+ *  - the output assembly repeats the CPU's operations one by one with
+ *    explicitly rounded intrinsics (nothing is contracted into an FMA except
+ *    the one fmaf bitsandbytes itself uses for an f16 bias), and the outlier
+ *    columns are summed in the same ascending order.
+ * So the result equals qmatmul's exactly; the test checks bitwise equality. */
+#include "kernels/matmul_parts.cuh"
+
+namespace {
+
+constexpr int I8_WARPS = 4, I8_ROWS = 4, I8_THREADS = I8_WARPS * 32;
+
+__device__ __forceinline__ float round_f16(float v) { return __half2float(__float2half_rn(v)); }
+
+/* ---- activation quantizer ------------------------------------------------- */
+
+/* flags[k] |= 1 where |x16[r, k]| >= thr for a row r of this block's 64. */
+__global__ void i8_flags(const float *__restrict__ x, int m, uint64_t K, float thr,
+                         unsigned *flags)
+{
+    uint64_t k = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K)
+        return;
+    int r0 = blockIdx.y * 64, r1 = min(m, r0 + 64);
+    bool any = false;
+    for (int r = r0; r < r1; r++)
+        any |= fabsf(round_f16(x[(uint64_t)r * K + k])) >= thr;
+    if (any)
+        atomicOr(flags + k, 1u);
+}
+
+/* The flagged columns in ascending order: thread t counts a contiguous span,
+ * a block-wide exclusive scan gives each span its first output slot. */
+__global__ void __launch_bounds__(1024)
+    i8_compact(const unsigned *__restrict__ flags, uint64_t K, unsigned *ocols, unsigned *nout)
+{
+    __shared__ unsigned warp_sum[32];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const uint64_t per = (K + 1023) / 1024;
+    const uint64_t beg = min(K, (uint64_t)t * per), end = min(K, beg + per);
+    unsigned cnt = 0;
+    for (uint64_t k = beg; k < end; k++)
+        cnt += flags[k] != 0;
+    unsigned incl = cnt;
+    for (int off = 1; off < 32; off <<= 1) {
+        unsigned v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off)
+            incl += v;
+    }
+    if (lane == 31)
+        warp_sum[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        unsigned s = warp_sum[lane];
+        for (int off = 1; off < 32; off <<= 1) {
+            unsigned v = __shfl_up_sync(0xffffffffu, s, off);
+            if (lane >= off)
+                s += v;
+        }
+        warp_sum[lane] = s; /* inclusive over warps */
+    }
+    __syncthreads();
+    unsigned pos = incl - cnt + (warp ? warp_sum[warp - 1] : 0);
+    for (uint64_t k = beg; k < end; k++)
+        if (flags[k])
+            ocols[pos++] = (unsigned)k;
+    if (t == 1023)
+        *nout = pos;
+}
+
+/* One block per row: sca = absmax below the threshold, then ca. */
+__global__ void __launch_bounds__(256)
+    i8_quant_rows(const float *__restrict__ x, uint64_t K, float thr,
+                  const unsigned *__restrict__ flags, int8_t *ca, float *sca)
+{
+    __shared__ float wmax[8];
+    const float *xr = x + (uint64_t)blockIdx.x * K;
+    int8_t *cr = ca + (uint64_t)blockIdx.x * K;
+    const float lim = thr > 0.0f ? thr : INFINITY;
+    float amax = 0.0f;
+    for (uint64_t k = threadIdx.x; k < K; k += blockDim.x) {
+        float a = fabsf(round_f16(xr[k]));
+        a = a < lim ? a : 0.0f; /* also NaN -> 0 */
+        amax = fmaxf(amax, a);
+    }
+    for (int off = 16; off > 0; off >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    if ((threadIdx.x & 31) == 0)
+        wmax[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    amax = wmax[0];
+    for (int i = 1; i < (int)(blockDim.x >> 5); i++)
+        amax = fmaxf(amax, wmax[i]);
+    /* amax 0: scale inf, 0 · inf = NaN -> 0, as on the CPU */
+    const float scale = __fdiv_rn(127.0f, amax);
+    for (uint64_t k = threadIdx.x; k < K; k += blockDim.x) {
+        float v = __fmul_rn(round_f16(xr[k]), scale);
+        v = v == v ? v : 0.0f;
+        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v; /* only outliers get here */
+        cr[k] = flags[k] ? (int8_t)0 : (int8_t)__float2int_rn(v);
+    }
+    if (threadIdx.x == 0)
+        sca[blockIdx.x] = amax;
+}
+
+/* The whole quantizer in one block for up to QK_GEMV_MAX_M rows (decode,
+ * where four launches would cost more than the work): columns in chunks of
+ * 1024, one per thread; the chunk's outlier columns are listed in order by a
+ * ballot and a scan of the warps' counts; the row maxima are reduced once
+ * at the end; then each thread quantizes its own columns (it wrote their
+ * flags, so no barrier is needed for those). */
+__global__ void __launch_bounds__(1024)
+    i8_quant_small(const float *__restrict__ x, int m, uint64_t K, float thr, unsigned *flags,
+                   unsigned *ocols, unsigned *nout, int8_t *ca, float *sca)
+{
+    __shared__ unsigned woff[32], total;
+    __shared__ float wmax[32][QK_GEMV_MAX_M], scale[QK_GEMV_MAX_M];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const float lim = thr > 0.0f ? thr : INFINITY;
+    float amax[QK_GEMV_MAX_M];
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++)
+        amax[i] = 0.0f;
+    unsigned base = 0;
+    for (uint64_t k0 = 0; k0 < K; k0 += 1024) {
+        const uint64_t k = k0 + t;
+        bool f = false;
+        if (k < K) {
+#pragma unroll
+            for (int i = 0; i < QK_GEMV_MAX_M; i++)
+                if (i < m) {
+                    float a = fabsf(round_f16(x[(uint64_t)i * K + k]));
+                    f |= thr > 0.0f && a >= thr;
+                    amax[i] = fmaxf(amax[i], a < lim ? a : 0.0f); /* also NaN -> 0 */
+                }
+            flags[k] = f;
+        }
+        const unsigned bal = __ballot_sync(0xffffffffu, f);
+        if (lane == 0)
+            woff[warp] = __popc(bal);
+        __syncthreads();
+        if (warp == 0) {
+            unsigned c = woff[lane], incl = c;
+            for (int off = 1; off < 32; off <<= 1) {
+                unsigned v = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off)
+                    incl += v;
+            }
+            woff[lane] = incl - c;
+            if (lane == 31)
+                total = incl;
+        }
+        __syncthreads();
+        if (f)
+            ocols[base + woff[warp] + __popc(bal & ((1u << lane) - 1u))] = (unsigned)k;
+        base += total;
+        __syncthreads(); /* woff and total are rewritten by the next chunk */
+    }
+    if (t == 0)
+        *nout = base;
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++) {
+        float v = amax[i];
+        for (int off = 16; off > 0; off >>= 1)
+            v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+        if (lane == 0)
+            wmax[warp][i] = v;
+    }
+    __syncthreads();
+    if (t < m) {
+        float a = 0.0f;
+        for (int j = 0; j < 32; j++)
+            a = fmaxf(a, wmax[j][t]);
+        sca[t] = a;
+        scale[t] = __fdiv_rn(127.0f, a); /* 0: inf, and 0 · inf = NaN -> 0 below */
+    }
+    __syncthreads();
+    for (uint64_t k = t; k < K; k += 1024) {
+        const bool f = flags[k] != 0;
+#pragma unroll
+        for (int i = 0; i < QK_GEMV_MAX_M; i++)
+            if (i < m) {
+                float v = __fmul_rn(round_f16(x[(uint64_t)i * K + k]), scale[i]);
+                v = v == v ? v : 0.0f;
+                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+                ca[(uint64_t)i * K + k] = f ? (int8_t)0 : (int8_t)__float2int_rn(v);
+            }
+    }
+}
+
+/* ---- output assembly -------------------------------------------------------- */
+
+/* Output (mi, n) from its exact int32 product, as src/cpu/matmul.c int8_task
+ * and then round_to. */
+__device__ float i8_output(const mm_weight &w, int32_t acc, int mi, uint64_t n,
+                           const float *__restrict__ x, const mm_i8acts &a, unsigned nout, int T,
+                           const mm_epi &e)
+{
+    const float scb = w.scb[n];
+    const float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), a.sca[mi]), scb);
+    const float b = mm_bias(e, n);
+    float y16;
+    if (e.bias && T == QDT_F16) { /* bitsandbytes fuses an f16 bias */
+        y16 = round_f16(__fmaf_rn(v, MM_INV16129, b));
+    } else {
+        y16 = round_f16(__fmul_rn(v, MM_INV16129));
+        if (e.bias)
+            y16 = round_f16(__fadd_rn(y16, b));
+    }
+    float yt = qk_round(y16, (qdtype)T);
+    if (nout) { /* addmm(y, X[:, O], dequant(CB[:, O]).to(T)ᵀ), columns ascending */
+        const int8_t *cbr = (const int8_t *)w.data + n * w.K;
+        const float *xr = x + (uint64_t)mi * w.K;
+        float s = 0.0f;
+        for (unsigned j = 0; j < nout; j++) {
+            unsigned o = a.ocols[j];
+            float wv = qk_round(__fmul_rn(__fmul_rn((float)cbr[o], scb), MM_INV127), (qdtype)T);
+            s = __fadd_rn(s, __fmul_rn(qk_round(xr[o], (qdtype)T), wv));
+        }
+        yt = qk_round(__fadd_rn(yt, s), (qdtype)T);
+    }
+    return qk_round(yt, (qdtype)e.round_to);
+}
+
+/* ---- decode ---------------------------------------------------------------- */
+
+/* As matmul_gemv.cu's fast kernel: GI8_ROWS weight rows per warp, 16-byte
+ * vectors of 16 int8 values, the quantized activations staged in shared
+ * memory (lanes read consecutive 16 bytes: no bank conflicts), 4 dp4a per
+ * vector and x row. */
+template <int M> struct i8_geom {
+    static constexpr int KT = M <= 4 ? 8192 : 4096; /* <= 32 KiB of activations */
+    static constexpr size_t SMEM = (size_t)M * KT;
+};
+
+template <int M>
+__global__ void __launch_bounds__(I8_THREADS)
+    gemv_i8_fast(mm_weight w, const float *__restrict__ x, mm_i8acts a, int T, mm_epi e,
+                 float *__restrict__ y)
+{
+    constexpr int KT = i8_geom<M>::KT, STEP = 32 * 16;
+    extern __shared__ uint4 i8_smem[];
+    int8_t *cs = reinterpret_cast<int8_t *>(i8_smem);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const uint64_t N = w.N, K = w.K;
+    const uint64_t row0 = ((uint64_t)blockIdx.x * I8_WARPS + warp) * I8_ROWS;
+    const bool active = row0 < N;
+    const int8_t *cb = (const int8_t *)w.data;
+    int acc[I8_ROWS][M];
+    for (int r = 0; r < I8_ROWS; r++)
+        for (int m = 0; m < M; m++)
+            acc[r][m] = 0;
+    for (uint64_t k0 = 0; k0 < K; k0 += KT) {
+        const int kt = (int)min((uint64_t)KT, K - k0);
+        __syncthreads();
+        const int q = kt / 16;
+        for (int i = threadIdx.x; i < M * q; i += I8_THREADS) {
+            int m = i / q, k = 16 * (i - m * q);
+            *reinterpret_cast<uint4 *>(cs + m * KT + k) =
+                *reinterpret_cast<const uint4 *>(a.ca + (uint64_t)m * K + k0 + k);
+        }
+        __syncthreads();
+        if (!active)
+            continue;
+        for (int kk = lane * 16; kk < kt; kk += STEP) {
+            uint4 v[I8_ROWS];
+#pragma unroll
+            for (int r = 0; r < I8_ROWS; r++)
+                v[r] = row0 + r < N ? __ldg(reinterpret_cast<const uint4 *>(
+                                          cb + (row0 + r) * K + k0 + kk))
+                                    : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                uint4 c = *reinterpret_cast<const uint4 *>(cs + m * KT + kk);
+#pragma unroll
+                for (int r = 0; r < I8_ROWS; r++) {
+                    int s = acc[r][m];
+                    s = __dp4a((int)v[r].x, (int)c.x, s);
+                    s = __dp4a((int)v[r].y, (int)c.y, s);
+                    s = __dp4a((int)v[r].z, (int)c.z, s);
+                    s = __dp4a((int)v[r].w, (int)c.w, s);
+                    acc[r][m] = s;
+                }
+            }
+        }
+    }
+    if (!active)
+        return;
+#pragma unroll
+    for (int r = 0; r < I8_ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            int s = acc[r][m];
+            for (int off = 16; off > 0; off >>= 1)
+                s += __shfl_xor_sync(0xffffffffu, s, off);
+            acc[r][m] = s;
+        }
+    /* Lane r*M + m assembles output (row0 + r, m): one copy of the
+     * assembly code rather than one per unrolled (r, m). */
+    int mine = 0;
+#pragma unroll
+    for (int r = 0; r < I8_ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++)
+            if (lane == r * M + m)
+                mine = acc[r][m];
+    const int r = lane / M, m = lane % M;
+    if (r < I8_ROWS && row0 + r < N)
+        y[(uint64_t)m * N + row0 + r] = i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
+}
+
+/* Any cols: a warp per weight row, byte loads. */
+__global__ void __launch_bounds__(I8_THREADS)
+    gemv_i8_any(mm_weight w, const float *__restrict__ x, int m, mm_i8acts a, int T, mm_epi e,
+                float *__restrict__ y)
+{
+    const int lane = threadIdx.x & 31;
+    const uint64_t N = w.N, K = w.K;
+    const uint64_t row = (uint64_t)blockIdx.x * I8_WARPS + (threadIdx.x >> 5);
+    if (row >= N)
+        return;
+    const int8_t *cbr = (const int8_t *)w.data + row * K;
+    int acc[QK_GEMV_MAX_M];
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++)
+        acc[i] = 0;
+    for (uint64_t k = lane; k < K; k += 32) {
+        int wv = cbr[k];
+#pragma unroll
+        for (int i = 0; i < QK_GEMV_MAX_M; i++)
+            if (i < m)
+                acc[i] += wv * (int)a.ca[(uint64_t)i * K + k];
+    }
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++)
+        for (int off = 16; off > 0; off >>= 1)
+            acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], off);
+    int mine = 0;
+#pragma unroll
+    for (int i = 0; i < QK_GEMV_MAX_M; i++)
+        if (lane == i)
+            mine = acc[i];
+    if (lane < m)
+        y[(uint64_t)lane * N + row] = i8_output(w, mine, lane, row, x, a, *a.nout, T, e);
+}
+
+/* ---- prefill ------------------------------------------------------------------ */
+
+/* Tiled int32 GEMM for any K: 64 weight rows x 64 activation rows per block,
+ * 32-byte k-slices packed into words in shared memory (zero past the edges),
+ * 4x4 outputs per thread, dp4a. Used where cuBLAS' int8 GEMM does not apply
+ * (cols not a multiple of 4). */
+constexpr int TG_N = 64, TG_M = 64, TG_K = 32, TG_W = TG_K / 4 + 1; /* words per row, padded */
+
+__device__ __forceinline__ int pack4(const int8_t *p, uint64_t k, uint64_t K, bool row_ok)
+{
+    unsigned w = 0;
+    for (int j = 0; j < 4; j++)
+        if (row_ok && k + j < K)
+            w |= (unsigned)(uint8_t)p[k + j] << (8 * j);
+    return (int)w;
+}
+
+__global__ void __launch_bounds__(256)
+    i8_gemm_tiled(const int8_t *__restrict__ cb, uint64_t K, uint64_t n0, uint64_t nc, int m,
+                  const int8_t *__restrict__ ca, int32_t *acc, uint64_t ldc)
+{
+    __shared__ int ws[TG_N][TG_W];
+    __shared__ int as[TG_M][TG_W];
+    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+    const uint64_t nb = (uint64_t)blockIdx.x * TG_N;
+    const int mb = blockIdx.y * TG_M;
+    int c[4][4] = {};
+    for (uint64_t kb = 0; kb < K; kb += TG_K) {
+        for (int i = t; i < TG_N * (TG_K / 4); i += 256) {
+            int rr = i / (TG_K / 4), kw = i % (TG_K / 4);
+            uint64_t n = nb + rr;
+            int mi = mb + rr;
+            ws[rr][kw] = pack4(cb + (n0 + (n < nc ? n : 0)) * K, kb + 4 * kw, K, n < nc);
+            as[rr][kw] = pack4(ca + (uint64_t)(mi < m ? mi : 0) * K, kb + 4 * kw, K, mi < m);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kw = 0; kw < TG_K / 4; kw++) {
+            int av[4], wv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                av[i] = as[ty * 4 + i][kw], wv[i] = ws[tx * 4 + i][kw];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    c[i][j] = __dp4a(av[i], wv[j], c[i][j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            int mi = mb + ty * 4 + i;
+            uint64_t n = nb + tx * 4 + j;
+            if (mi < m && n < nc)
+                acc[(uint64_t)mi * ldc + n] = c[i][j];
+        }
+}
+
+__global__ void i8_finish(mm_weight w, uint64_t n0, uint64_t nc, int m,
+                          const int32_t *__restrict__ acc, uint64_t ldc,
+                          const float *__restrict__ x, mm_i8acts a, int T, mm_epi e,
+                          float *__restrict__ y)
+{
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (uint64_t)m * nc)
+        return;
+    int mi = (int)(i / nc);
+    uint64_t j = i - (uint64_t)mi * nc;
+    y[(uint64_t)mi * w.N + n0 + j] =
+        i8_output(w, acc[(uint64_t)mi * ldc + j], mi, n0 + j, x, a, *a.nout, T, e);
+}
+
+typedef void (*i8_launch_fn)(const mm_weight &, const float *, const mm_i8acts &, int,
+                             const mm_epi &, float *, cudaStream_t);
+
+template <int M>
+void i8_launch(const mm_weight &w, const float *x, const mm_i8acts &a, int T, const mm_epi &e,
+               float *y, cudaStream_t s)
+{
+    unsigned blocks = qk_div_up(w.N, (uint64_t)I8_WARPS * I8_ROWS);
+    gemv_i8_fast<M><<<blocks, I8_THREADS, i8_geom<M>::SMEM, s>>>(w, x, a, T, e, y);
+}
+
+const i8_launch_fn i8_fast[QK_GEMV_MAX_M] = {i8_launch<1>, i8_launch<2>, i8_launch<3>,
+                                             i8_launch<4>, i8_launch<5>, i8_launch<6>,
+                                             i8_launch<7>, i8_launch<8>};
+
+} /* namespace */
+
+bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &a,
+                    cudaStream_t s, qerr *err)
+{
+    const uint64_t K = w.K;
+    if (m <= QK_GEMV_MAX_M) {
+        i8_quant_small<<<1, 1024, 0, s>>>(x, m, K, w.threshold, a.flags, a.ocols, a.nout, a.ca,
+                                          a.sca);
+        return qk_launched("matmul: i8_quant_small", err);
+    }
+    if (!qk_ok(cudaMemsetAsync(a.flags, 0, K * sizeof(unsigned), s), "matmul: int8 flags", err))
+        return false;
+    if (w.threshold > 0.0f) {
+        dim3 grid(qk_div_up(K, 256), qk_div_up((uint64_t)m, 64));
+        i8_flags<<<grid, 256, 0, s>>>(x, m, K, w.threshold, a.flags);
+        if (!qk_launched("matmul: i8_flags", err))
+            return false;
+        i8_compact<<<1, 1024, 0, s>>>(a.flags, K, a.ocols, a.nout);
+        if (!qk_launched("matmul: i8_compact", err))
+            return false;
+    } else if (!qk_ok(cudaMemsetAsync(a.nout, 0, sizeof(unsigned), s), "matmul: int8 nout",
+                      err)) {
+        return false;
+    }
+    i8_quant_rows<<<(unsigned)m, 256, 0, s>>>(x, K, w.threshold, a.flags, a.ca, a.sca);
+    return qk_launched("matmul: i8_quant_rows", err);
+}
+
+bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
+                const mm_epi &e, float *y, cudaStream_t s, qerr *err)
+{
+    if (w.K % 16 == 0 && (uintptr_t)w.data % 16 == 0 && (uintptr_t)a.ca % 16 == 0) {
+        i8_fast[m - 1](w, x, a, T, e, y, s);
+        return qk_launched("matmul: gemv_i8_fast", err);
+    }
+    gemv_i8_any<<<qk_div_up(w.N, I8_WARPS), I8_THREADS, 0, s>>>(w, x, m, a, T, e, y);
+    return qk_launched("matmul: gemv_i8_any", err);
+}
+
+bool mm_i8_gemm(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int8_t *ca,
+                int32_t *acc, uint64_t ldc, cudaStream_t s, qerr *err)
+{
+    dim3 grid(qk_div_up(nc, TG_N), qk_div_up((uint64_t)m, TG_M));
+    i8_gemm_tiled<<<grid, 256, 0, s>>>((const int8_t *)w.data, w.K, n0, nc, m, ca, acc, ldc);
+    return qk_launched("matmul: i8_gemm_tiled", err);
+}
+
+bool mm_i8_finish(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int32_t *acc,
+                  uint64_t ldc, const float *x, const mm_i8acts &a, qdtype T, const mm_epi &e,
+                  float *y, cudaStream_t s, qerr *err)
+{
+    i8_finish<<<qk_div_up((uint64_t)m * nc, 256), 256, 0, s>>>(w, n0, nc, m, acc, ldc, x, a, T,
+                                                                e, y);
+    return qk_launched("matmul: i8_finish", err);
+}

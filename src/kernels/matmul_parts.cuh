@@ -1,0 +1,123 @@
+/* Pieces of qk_matmul shared by its files (CUDA C only):
+ *  - matmul.cu          the entry points: workspace plan, cuBLAS, dispatch;
+ *  - matmul_gemv.cu     decode (m <= QK_GEMV_MAX_M): fused dequantize-GEMV
+ *                       for nf4/fp4 and f16/bf16/f32 weights;
+ *  - matmul_int8.cu     LLM.int8: activation quantizer, GEMV, int32 GEMM
+ *                       fallback and the output assembly;
+ *  - matmul_dequant.cu  prefill helpers: weight rows dequantized into the
+ *                       workspace, x converted to the compute dtype, the
+ *                       bias + round_to epilogue after cuBLAS.
+ * Every launcher enqueues on `s`, never synchronizes, and reports a failed
+ * launch as QRUN_ERR_DEVICE naming its kernel. */
+#ifndef QRUN_KERNELS_MATMUL_PARTS_CUH
+#define QRUN_KERNELS_MATMUL_PARTS_CUH
+
+#include <math.h>
+
+#include "kernels/kcommon.cuh"
+#include "kernels/matmul.h"
+
+/* LLM.int8 constants (bnb-format.md §5), the same literals as src/cpu/matmul.c:
+ * f32(1/127) and f32(1/16129). */
+#define MM_INV127 0x1.020408p-7f
+#define MM_INV16129 0x1.040c20p-14f
+
+/* A weight as the kernels take it, by value (kernel parameter space). The
+ * 4-bit code book is copied from src/quant.c's tables by the host, so the
+ * device never holds a second copy of those numbers. */
+struct mm_weight {
+    int dtype;              /* qdtype of the stored values */
+    uint64_t N, K;          /* rows (outputs), cols (inputs) */
+    const void *data;
+    /* nf4 / fp4 */
+    int bs_shift;           /* log2(blocksize) */
+    const float *absmax;    /* NULL when double-quantized: */
+    const uint8_t *qabsmax;
+    const float *absmax2;
+    const float *dq_map;
+    float absmax_offset;
+    float lut[16];
+    /* int8 */
+    const float *scb;
+    float threshold;
+};
+
+/* What happens to a finished dot product: + bias (converted to f32), then
+ * rounding to round_to (src/cpu/matmul.h; qmatmul_round). */
+struct mm_epi {
+    int bias_dt;
+    const void *bias;
+    int round_to;
+};
+
+/* LLM.int8 activation state in the workspace (qmatmul_int8_quantize_acts). */
+struct mm_i8acts {
+    int8_t *ca;          /* [m, K] */
+    float *sca;          /* [m] */
+    unsigned *flags;     /* [K] nonzero for outlier columns */
+    unsigned *ocols;     /* [K] outlier columns, ascending */
+    unsigned *nout;      /* their count */
+};
+
+/* RNE of an f32 to T, returned as f32 (T a compile-time qdtype). */
+template <int T> __device__ __forceinline__ float mm_to(float v)
+{
+    if (T == QDT_F16)
+        return __half2float(__float2half_rn(v));
+    if (T == QDT_BF16)
+        return __bfloat162float(__float2bfloat16_rn(v));
+    return v;
+}
+
+/* The absmax of 4-bit block b: stored, or rebuilt from double quantization
+ * with two roundings and never an FMA (quant_dq_dequantize). */
+__device__ __forceinline__ float mm_block_absmax(const mm_weight &w, uint64_t b)
+{
+    if (w.absmax)
+        return __ldg(w.absmax + b);
+    float m = __ldg(w.dq_map + __ldg(w.qabsmax + b));
+    return __fadd_rn(__fmul_rn(m, __ldg(w.absmax2 + (b >> 8))), w.absmax_offset);
+}
+
+/* Bias of output n as f32, 0 without one. */
+__device__ __forceinline__ float mm_bias(const mm_epi &e, uint64_t n)
+{
+    return e.bias ? qk_load(e.bias, (qdtype)e.bias_dt, n) : 0.0f;
+}
+
+/* ---- launchers (host) ---------------------------------------------------- */
+
+/* Decode GEMV for nf4/fp4/f16/bf16/f32 weights, 1 <= m <= QK_GEMV_MAX_M:
+ * y[m, N] = round_to(x · W_Tᵀ + bias). */
+bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
+             cudaStream_t s, qerr *err);
+
+/* Flat weight elements [f0, f0 + count) as compute-dtype values (W_T) into
+ * out (T-typed, 16-byte aligned). Not for int8. */
+bool mm_dequant(const mm_weight &w, qdtype T, uint64_t f0, uint64_t count, void *out,
+                cudaStream_t s, qerr *err);
+
+/* out[i] = RNE_T(x[i]) as T values, i < count (T = F16 or BF16). */
+bool mm_convert_x(const float *x, uint64_t count, qdtype T, void *out, cudaStream_t s,
+                  qerr *err);
+
+/* y[m, N] = round_to(y + bias) in place. */
+bool mm_bias_round(float *y, int m, uint64_t N, const mm_epi &e, cudaStream_t s, qerr *err);
+
+/* LLM.int8: quantize x[m, K] (threshold w.threshold) into `a`. */
+bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &a,
+                    cudaStream_t s, qerr *err);
+/* Decode: y[m, N] from the quantized activations (m <= QK_GEMV_MAX_M). */
+bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
+                const mm_epi &e, float *y, cudaStream_t s, qerr *err);
+/* acc[mi * ldc + j] = Σ_k ca[mi, k] · CB[n0 + j, k] exactly, j < nc, for any
+ * K (tiled dp4a; the fallback where cuBLAS' int8 GEMM does not apply). */
+bool mm_i8_gemm(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int8_t *ca,
+                int32_t *acc, uint64_t ldc, cudaStream_t s, qerr *err);
+/* y[mi, n0 + j] from acc (as above): bitsandbytes' f16 assembly, outliers,
+ * round_to. */
+bool mm_i8_finish(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int32_t *acc,
+                  uint64_t ldc, const float *x, const mm_i8acts &a, qdtype T, const mm_epi &e,
+                  float *y, cudaStream_t s, qerr *err);
+
+#endif

@@ -1,0 +1,242 @@
+/* RMSNorm and LayerNorm on the GPU: cpu_rmsnorm / cpu_layernorm
+ * (src/cpu/ops.c) with one block per row.
+ *
+ * Each thread loads its share of the row into registers once (float4 loads
+ * when the row allows them), so the row is read from memory once and written
+ * once even though LayerNorm needs three passes over it (mean, squared
+ * deviations, output). The statistics are f32 sums reduced across the block;
+ * every other operation is the CPU's, written with the _rn intrinsics so the
+ * compiler cannot fuse a multiply and an add that the CPU rounds separately.
+ *
+ * Summation order, the only difference from the CPU: the CPU adds the row in
+ * 8 interleaved serial partial sums (dim/8 terms each, then a 3-level tree);
+ * here each thread adds at most NORM_MAX_CHUNKS * 4 = 64 terms serially, then
+ * a tree of log2(blockDim) <= 10 levels combines the threads. For the sum of
+ * squares (non-negative terms) each order is within (longest chain + tree
+ * depth) * 2^-24 of the exact sum, relatively, so the two mean squares (and
+ * LayerNorm's variances) agree within (dim/8 + 77) * 2^-24 relative and
+ * 1/sqrt(. + eps) within half that plus 2 ulps. LayerNorm's mean has signed
+ * terms: the same factor bounds its difference relative to mean(|x|). With
+ * equal statistics the outputs would be equal bit for bit; with these, an f32
+ * output differs by that relative amount at most, and an f16/bf16 output is
+ * equal except where the f32 value lies that close to a rounding boundary of
+ * the act dtype (one act ulp then, two when RMSNorm rounds twice). */
+#include <stdint.h>
+
+#include "kernels/kcommon.cuh"
+#include "kernels/ops.h"
+
+/* A row is held as C chunks of blockDim.x * V values per block; C is a
+ * template parameter so the per-thread array stays in registers. The kernels
+ * are compiled for blocks of up to NORM_MAX_THREADS (at most 64 registers a
+ * thread): only C = 16, rows longer than 32768 (or odd ones longer than
+ * 8192), spills a little. */
+#define NORM_MAX_THREADS 1024
+#define NORM_MAX_CHUNKS 16
+
+/* The sum of v over the block, returned to every thread (blockDim.x is a
+ * multiple of 32). Butterfly shuffles inside each warp, then every warp
+ * reduces the per-warp sums the same way, so all threads get the same bits
+ * without a broadcast; the order is fixed, so results repeat run to run.
+ * The first barrier lets the block call this twice with one `red`. */
+__device__ static float block_sum(float v, float *red)
+{
+    const unsigned full = 0xffffffffu;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1)
+        v = __fadd_rn(v, __shfl_xor_sync(full, v, o));
+    __syncthreads();
+    if (lane == 0)
+        red[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? red[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1)
+        v = __fadd_rn(v, __shfl_xor_sync(full, v, o));
+    return v;
+}
+
+/* Load this thread's chunks of the row into v, zeros past its end. Chunk c
+ * of thread t starts at element (c * blockDim.x + t) * V: consecutive threads
+ * read consecutive vectors, so each warp load is coalesced. */
+template <int V, int C>
+__device__ static void load_row(const float *xr, int dim, float (&v)[C * V])
+{
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        int i = (c * (int)blockDim.x + (int)threadIdx.x) * V;
+        if (V == 4) {
+            float4 q = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (i < dim) /* dim % 4 == 0 on this path: the whole vector is in */
+                q = *reinterpret_cast<const float4 *>(xr + i);
+            v[c * V + 0] = q.x;
+            v[c * V + 1] = q.y;
+            v[c * V + 2] = q.z;
+            v[c * V + 3] = q.w;
+        } else {
+            v[c] = i < dim ? xr[i] : 0.0f;
+        }
+    }
+}
+
+template <int V>
+__device__ static void store_vec(float *p, const float *o)
+{
+    if (V == 4)
+        *reinterpret_cast<float4 *>(p) = make_float4(o[0], o[1], o[2], o[3]);
+    else
+        p[0] = o[0];
+}
+
+/* y may equal x: every element is read and written by the same thread. */
+template <int V, int C>
+__global__ void __launch_bounds__(NORM_MAX_THREADS) rmsnorm_kernel(const float *x, float *y, int dim, const void *w, qdtype w_dt,
+                               float eps, qdtype act)
+{
+    __shared__ float red[32];
+    const size_t row = blockIdx.x;
+    const float *xr = x + row * (size_t)dim;
+    float *yr = y + row * (size_t)dim;
+    float v[C * V];
+    load_row<V, C>(xr, dim, v);
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < C * V; j++)
+        ss = __fadd_rn(ss, __fmul_rn(v[j], v[j])); /* padding zeros add nothing */
+    float var = __fdiv_rn(block_sum(ss, red), (float)dim);
+    float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+    /* torch promotes weight * hidden to f32 unless both have the act dtype */
+    const qdtype prod_dt = w_dt == act ? act : QDT_F32;
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        int i = (c * (int)blockDim.x + (int)threadIdx.x) * V;
+        if (i >= dim)
+            continue;
+        float o[V];
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float h = qk_round(__fmul_rn(v[c * V + k], rs), act);
+            o[k] = qk_round(__fmul_rn(qk_load(w, w_dt, (uint64_t)(i + k)), h), prod_dt);
+        }
+        store_vec<V>(yr + i, o);
+    }
+}
+
+template <int V, int C>
+__global__ void __launch_bounds__(NORM_MAX_THREADS) layernorm_kernel(const float *x, float *y, int dim, const void *w, const void *b,
+                                 qdtype wb_dt, float eps, qdtype act)
+{
+    __shared__ float red[32];
+    const size_t row = blockIdx.x;
+    const float *xr = x + row * (size_t)dim;
+    float *yr = y + row * (size_t)dim;
+    float v[C * V];
+    load_row<V, C>(xr, dim, v);
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < C * V; j++)
+        s = __fadd_rn(s, v[j]);
+    const float mean = __fdiv_rn(block_sum(s, red), (float)dim);
+    /* two passes, as the CPU: squared deviations from the mean */
+    float s2 = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        int i = (c * (int)blockDim.x + (int)threadIdx.x) * V;
+        if (i >= dim)
+            continue;
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float d = __fsub_rn(v[c * V + k], mean);
+            s2 = __fadd_rn(s2, __fmul_rn(d, d));
+        }
+    }
+    const float var = __fdiv_rn(block_sum(s2, red), (float)dim);
+    const float rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+    const float shift = __fmul_rn(-mean, rstd);
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        int i = (c * (int)blockDim.x + (int)threadIdx.x) * V;
+        if (i >= dim)
+            continue;
+        float o[V];
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float t = __fadd_rn(__fmul_rn(v[c * V + k], rstd), shift);
+            t = __fadd_rn(__fmul_rn(t, qk_load(w, wb_dt, (uint64_t)(i + k))),
+                          qk_load(b, wb_dt, (uint64_t)(i + k)));
+            o[k] = qk_round(t, act);
+        }
+        store_vec<V>(yr + i, o);
+    }
+}
+
+/* The launch shape of a row of `dim`: vector width, chunks per thread,
+ * threads per block (a multiple of 32). */
+typedef struct norm_shape {
+    int v, c, threads;
+} norm_shape;
+
+static bool norm_plan(const char *what, const float *x, const float *y, int n_rows, int dim,
+                      norm_shape *sh, qerr *err)
+{
+    if (n_rows < 0 || dim <= 0) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "%s: %d rows of %d", what, n_rows, dim);
+        return false;
+    }
+    bool vec = dim % 4 == 0 && ((uintptr_t)x & 15u) == 0 && ((uintptr_t)y & 15u) == 0;
+    sh->v = vec ? 4 : 1;
+    int units = dim / sh->v + (dim % sh->v != 0);
+    sh->c = 1;
+    while (sh->c < NORM_MAX_CHUNKS && sh->c * NORM_MAX_THREADS < units)
+        sh->c *= 2;
+    if (sh->c * NORM_MAX_THREADS < units) {
+        qerr_set(err, QRUN_ERR_UNSUPPORTED, "%s: rows of %d exceed the %d values a block holds",
+                 what, dim, NORM_MAX_CHUNKS * NORM_MAX_THREADS * sh->v);
+        return false;
+    }
+    int per_chunk = (units + sh->c - 1) / sh->c;
+    sh->threads = (per_chunk + 31) / 32 * 32;
+    return true;
+}
+
+/* Instantiate the kernel K<V, C> for the plan's (v, c) and launch it. */
+#define NORM_DISPATCH(K, sh, n_rows, s, ...)                                                  \
+    do {                                                                                      \
+        dim3 g_((unsigned)(n_rows)), b_((unsigned)(sh).threads);                              \
+        switch ((sh).v * 100 + (sh).c) {                                                      \
+        case 401: K<4, 1><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 402: K<4, 2><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 404: K<4, 4><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 408: K<4, 8><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 416: K<4, 16><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                            \
+        case 101: K<1, 1><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 102: K<1, 2><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 104: K<1, 4><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 108: K<1, 8><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        default: K<1, 16><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        }                                                                                     \
+    } while (0)
+
+extern "C" bool qk_rmsnorm(const float *x, float *y, int n_rows, int dim, const void *w,
+                           qdtype w_dt, float eps, qdtype act, cudaStream_t s, qerr *err)
+{
+    norm_shape sh;
+    if (!norm_plan("qk_rmsnorm", x, y, n_rows, dim, &sh, err))
+        return false;
+    if (n_rows == 0)
+        return true;
+    NORM_DISPATCH(rmsnorm_kernel, sh, n_rows, s, x, y, dim, w, w_dt, eps, act);
+    return qk_launched("qk_rmsnorm", err);
+}
+
+extern "C" bool qk_layernorm(const float *x, float *y, int n_rows, int dim, const void *w,
+                             const void *b, qdtype wb_dt, float eps, qdtype act, cudaStream_t s,
+                             qerr *err)
+{
+    norm_shape sh;
+    if (!norm_plan("qk_layernorm", x, y, n_rows, dim, &sh, err))
+        return false;
+    if (n_rows == 0)
+        return true;
+    NORM_DISPATCH(layernorm_kernel, sh, n_rows, s, x, y, dim, w, b, wb_dt, eps, act);
+    return qk_launched("qk_layernorm", err);
+}

@@ -1,0 +1,107 @@
+/* Rotary embeddings on the GPU: cpu_rope (src/cpu/ops.c) in place, one block
+ * per token, positions read from the device qk_step so a captured graph is
+ * valid at every position.
+ *
+ * cos/sin: the CPU takes libm's double cos/sin of the f32 angle and rounds
+ * them to f32. Here the same double functions (CUDA's sincos, within 2 double
+ * ulps) are rounded to f32, so the f32 values are the CPU's except where the
+ * exact value lies within ~2^-51 (relative) of a midpoint between two floats:
+ * then they may differ by one f32 ulp (never seen in the test's values). The
+ * double evaluation is per (token, frequency) only, head_dim/2 per token
+ * shared by all heads, so its cost does not matter next to the memory
+ * traffic. f32 sincosf (2 ulps) would make most angles differ by an ulp.
+ * Everything after that is the CPU's arithmetic with its rounding points (the
+ * _rn intrinsics keep the compiler from fusing what the CPU rounds twice). */
+#include <stdint.h>
+
+#include "kernels/kcommon.cuh"
+#include "kernels/ops.h"
+
+/* cpu/ops.h CPU_MAX_HEAD_DIM: the CPU's limit, kept here without including
+ * the CPU header in device code */
+#define ROPE_MAX_HEAD_DIM 512
+#define ROPE_THREADS 256
+#define ROPE_MAX_BLOCKS 4096
+
+/* V: values of each half-head a thread rotates at once (4: float4 loads,
+ * when half-heads and rows keep them 16-byte aligned). */
+template <int V>
+__global__ void rope_kernel(const float *inv_freq, float scaling, int head_dim, float *x, int ld,
+                            int n_tokens, int n_heads, const qk_step *step, qdtype act)
+{
+    __shared__ float cs[ROPE_MAX_HEAD_DIM / 2], sn[ROPE_MAX_HEAD_DIM / 2];
+    const int half = head_dim / 2, per_head = half / V, items = n_heads * per_head;
+    const int p0 = step->p0;
+    for (int t = blockIdx.x; t < n_tokens; t += gridDim.x) {
+        const float pf = (float)(p0 + t);
+        __syncthreads(); /* the previous token's readers of cs/sn are done */
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            float ang = __fmul_rn(pf, inv_freq[i]);
+            double sd, cd;
+            sincos((double)ang, &sd, &cd);
+            cs[i] = qk_round(__fmul_rn((float)cd, scaling), act);
+            sn[i] = qk_round(__fmul_rn((float)sd, scaling), act);
+        }
+        __syncthreads();
+        float *row = x + (size_t)t * (size_t)ld;
+        for (int j = threadIdx.x; j < items; j += blockDim.x) {
+            const int h = j / per_head, i = (j - h * per_head) * V;
+            float *x1 = row + (size_t)h * (size_t)head_dim + i, *x2 = x1 + half;
+            float a[V], b[V];
+            if (V == 4) {
+                float4 qa = *reinterpret_cast<const float4 *>(x1);
+                float4 qb = *reinterpret_cast<const float4 *>(x2);
+                a[0] = qa.x, a[1] = qa.y, a[2] = qa.z, a[3] = qa.w;
+                b[0] = qb.x, b[1] = qb.y, b[2] = qb.z, b[3] = qb.w;
+            } else {
+                a[0] = x1[0];
+                b[0] = x2[0];
+            }
+            float y1[V], y2[V];
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                const float c = cs[i + k], s = sn[i + k];
+                /* q * cos + rotate_half(q) * sin, each product and the sum
+                 * rounded to act */
+                y1[k] = qk_round(__fadd_rn(qk_round(__fmul_rn(a[k], c), act),
+                                           qk_round(__fmul_rn(-b[k], s), act)),
+                                 act);
+                y2[k] = qk_round(__fadd_rn(qk_round(__fmul_rn(b[k], c), act),
+                                           qk_round(__fmul_rn(a[k], s), act)),
+                                 act);
+            }
+            if (V == 4) {
+                *reinterpret_cast<float4 *>(x1) = make_float4(y1[0], y1[1], y1[2], y1[3]);
+                *reinterpret_cast<float4 *>(x2) = make_float4(y2[0], y2[1], y2[2], y2[3]);
+            } else {
+                x1[0] = y1[0];
+                x2[0] = y2[0];
+            }
+        }
+    }
+}
+
+extern "C" bool qk_rope(const float *inv_freq, float scaling, int head_dim, float *x, int ld,
+                        int n_tokens, int n_heads, const qk_step *step, qdtype act,
+                        cudaStream_t s, qerr *err)
+{
+    if (head_dim < 2 || head_dim % 2 != 0 || head_dim > ROPE_MAX_HEAD_DIM || n_tokens < 0 ||
+        n_heads < 0 || (int64_t)n_heads * head_dim > ld) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                 "qk_rope: head_dim %d (even, <= %d), %d heads, row stride %d", head_dim,
+                 ROPE_MAX_HEAD_DIM, n_heads, ld);
+        return false;
+    }
+    if (n_tokens == 0 || n_heads == 0)
+        return true;
+    const int half = head_dim / 2;
+    const bool vec = half % 4 == 0 && ld % 4 == 0 && ((uintptr_t)x & 15u) == 0;
+    const unsigned blocks = n_tokens < ROPE_MAX_BLOCKS ? (unsigned)n_tokens : ROPE_MAX_BLOCKS;
+    if (vec)
+        rope_kernel<4><<<blocks, ROPE_THREADS, 0, s>>>(inv_freq, scaling, head_dim, x, ld,
+                                                       n_tokens, n_heads, step, act);
+    else
+        rope_kernel<1><<<blocks, ROPE_THREADS, 0, s>>>(inv_freq, scaling, head_dim, x, ld,
+                                                       n_tokens, n_heads, step, act);
+    return qk_launched("qk_rope", err);
+}

@@ -329,15 +329,24 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Where a temporary synthetic model goes: $TMPDIR, else /dev/shm (memory:
- * nothing waits for a disk), else /tmp. */
-static const char *tmp_root(void)
+static uint64_t free_bytes(const char *dir)
+{
+    struct statvfs vs;
+    if (statvfs(dir, &vs) != 0)
+        return 0;
+    return (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
+}
+
+/* Where a temporary synthetic model of `need` bytes goes: $TMPDIR, else
+ * /dev/shm (memory: nothing waits for a disk) when it has room, else /tmp. */
+static const char *tmp_root(uint64_t need)
 {
     const char *t = getenv("TMPDIR");
     if (t && *t)
         return t;
     struct stat sb;
-    if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) && access("/dev/shm", W_OK) == 0)
+    if (stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) && access("/dev/shm", W_OK) == 0 &&
+        free_bytes("/dev/shm") >= need)
         return "/dev/shm";
     return "/tmp";
 }
@@ -371,6 +380,13 @@ static bool gen_progress(void *user, uint64_t done, uint64_t total)
 /* Write the synthetic model; its path goes to `path`. */
 static int make_synthetic(options *o, char *path, size_t path_size, synth_stats *st)
 {
+    qerr err;
+    qerr_clear(&err);
+    uint64_t need;
+    if (!synth_file_size(&o->syn, &need, &err)) {
+        fprintf(stderr, "qbench: %s\n", err.msg);
+        return 1;
+    }
     char dir[PATH_MAX];
     if (o->output) {
         snprintf(path, path_size, "%s", o->output);
@@ -381,10 +397,11 @@ static int make_synthetic(options *o, char *path, size_t path_size, synth_stats 
         else
             snprintf(dir, sizeof dir, ".");
     } else {
-        snprintf(g_tmp_dir, sizeof g_tmp_dir, "%s/qbench.XXXXXX", tmp_root());
+        const char *root = tmp_root(need);
+        snprintf(g_tmp_dir, sizeof g_tmp_dir, "%s/qbench.XXXXXX", root);
         if (!mkdtemp(g_tmp_dir)) {
-            fprintf(stderr, "qbench: cannot create a directory in %s: %s (set TMPDIR)\n",
-                    tmp_root(), strerror(errno));
+            fprintf(stderr, "qbench: cannot create a directory in %s: %s (set TMPDIR)\n", root,
+                    strerror(errno));
             g_tmp_dir[0] = '\0';
             return 1;
         }
@@ -397,24 +414,14 @@ static int make_synthetic(options *o, char *path, size_t path_size, synth_stats 
         }
         memcpy(g_tmp_file, path, (size_t)n + 1);
     }
-    qerr err;
-    qerr_clear(&err);
-    uint64_t need;
-    if (!synth_file_size(&o->syn, &need, &err)) {
-        fprintf(stderr, "qbench: %s\n", err.msg);
+    uint64_t avail = free_bytes(dir);
+    if (avail < need) {
+        fprintf(stderr,
+                "qbench: %s %s needs %.2f GiB but %s has %.2f GiB free; point TMPDIR (or -o) at "
+                "a larger file system\n",
+                o->shape->name, qconvert_quant_name(o->syn.quant),
+                (double)need / (double)(1u << 30), dir, (double)avail / (double)(1u << 30));
         return 1;
-    }
-    struct statvfs vs;
-    if (statvfs(dir, &vs) == 0) {
-        uint64_t avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
-        if (avail < need) {
-            fprintf(stderr,
-                    "qbench: %s %s needs %.2f GiB but %s has %.2f GiB free; point TMPDIR (or "
-                    "-o) at a larger file system\n",
-                    o->shape->name, qconvert_quant_name(o->syn.quant),
-                    (double)need / (double)(1u << 30), dir, (double)avail / (double)(1u << 30));
-            return 1;
-        }
     }
     gen_progress_state ps = {.tty = isatty(STDERR_FILENO) != 0, .last = -1};
     o->syn.progress = gen_progress;
@@ -422,7 +429,7 @@ static int make_synthetic(options *o, char *path, size_t path_size, synth_stats 
     bool ok = synth_write(&o->syn, path, st, &err);
     if (ps.tty)
         fputc('\n', stderr);
-    if (!ok) {
+    if (!ok || g_interrupts) {
         if (err.code == QRUN_ERR_CANCELLED || g_interrupts) {
             fprintf(stderr, "qbench: interrupted\n");
             return 130;

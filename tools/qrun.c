@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "qrun.h"
+#include "text_out.h"
 
 static const char usage_text[] =
     "usage: qrun -m MODEL.qbin [-p PROMPT | -f FILE | --chat] [options]\n"
@@ -138,70 +139,7 @@ static bool buf_add(buf *b, const char *s, size_t n)
     return true;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        len = 2, min = 0x80;
-    else if (c >= 0xe0 && c <= 0xef)
-        len = 3, min = 0x800;
-    else if (c >= 0xf0 && c <= 0xf4)
-        len = 4, min = 0x10000;
-    else
-        return 0;
-    if (n < len)
-        return 0;
-    unsigned cp = c & (0x7fu >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
 
-/* A JSON string; bytes that are not valid UTF-8 become U+FFFD so the output
- * always parses. */
-static void json_string(FILE *f, const char *str, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    fputc('"', f);
-    for (size_t i = 0; i < n;) {
-        unsigned char c = s[i];
-        size_t l = utf8_len(s + i, n - i);
-        if (l == 0) {
-            fputs("\\ufffd", f);
-            i++;
-            continue;
-        }
-        if (l > 1) {
-            fwrite(s + i, 1, l, f);
-            i += l;
-            continue;
-        }
-        switch (c) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        default:
-            if (c < 0x20 || c == 0x7f)
-                fprintf(f, "\\u%04x", c);
-            else
-                fputc(c, f);
-        }
-        i++;
-    }
-    fputc('"', f);
-}
 
 static void json_ids(FILE *f, const int32_t *ids, size_t n)
 {
@@ -464,7 +402,7 @@ static int run_prompt(const options *o, qrun_model *m, qrun_session *s, const ch
         printf(",\"generated_ids\":");
         json_ids(stdout, g.ids[0], g.n_ids[0]);
         printf(",\"text\":");
-        json_string(stdout, g.text[0].p ? g.text[0].p : "", g.text[0].n);
+        text_json_string(stdout, g.text[0].p ? g.text[0].p : "", g.text[0].n);
         printf(",\"stop_reason\":\"%s\"", stop_name(r.stop_reason));
         if (o->n_seq > 1) {
             printf(",\"sequences\":[");
@@ -472,7 +410,7 @@ static int run_prompt(const options *o, qrun_model *m, qrun_session *s, const ch
                 printf("%s{\"generated_ids\":", i ? "," : "");
                 json_ids(stdout, g.ids[i], g.n_ids[i]);
                 printf(",\"text\":");
-                json_string(stdout, g.text[i].p ? g.text[i].p : "", g.text[i].n);
+                text_json_string(stdout, g.text[i].p ? g.text[i].p : "", g.text[i].n);
                 printf("}");
             }
             printf("]");

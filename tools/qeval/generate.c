@@ -152,7 +152,7 @@ static char *printable(const char *s, size_t n)
     if (!out)
         return NULL;
     for (size_t i = 0; i < n;) {
-        size_t l = qe_utf8_len((const unsigned char *)s + i, n - i);
+        size_t l = text_utf8_len((const unsigned char *)s + i, n - i);
         unsigned char c = (unsigned char)s[i];
         if (l == 0) {
             memcpy(p, "\xef\xbf\xbd", 3);
@@ -214,7 +214,7 @@ static bool wrap(const char *text, int width, lines *L)
         int bytes = nl ? (int)(nl - p) : (int)strlen(p);
         int ncp = 0;
         for (int b = 0; b < bytes;) {
-            size_t l = qe_utf8_len((const unsigned char *)p + b, (size_t)(bytes - b));
+            size_t l = text_utf8_len((const unsigned char *)p + b, (size_t)(bytes - b));
             off[ncp++] = b;
             b += l ? (int)l : 1;
         }
@@ -333,7 +333,7 @@ static void print_json(const qe_options *o, const char *prompt, size_t prompt_le
                        const gen_result *g, int k)
 {
     printf("{\"prompt\":");
-    qe_json_string(stdout, prompt, prompt_len);
+    text_json_string(stdout, prompt, prompt_len);
     printf(",\"chat\":%s,\"seed\":%llu,\"temperature\":", o->chat ? "true" : "false",
            (unsigned long long)o->seed);
     qe_json_number(stdout, o->temp);
@@ -344,11 +344,11 @@ static void print_json(const qe_options *o, const char *prompt, size_t prompt_le
     printf(",\"n_predict\":%d,\"models\":[", o->n_predict);
     for (int i = 0; i < k; i++) {
         printf("%s{\"path\":", i ? "," : "");
-        qe_json_string(stdout, g[i].path, strlen(g[i].path));
+        text_json_string(stdout, g[i].path, strlen(g[i].path));
         printf(",\"label\":");
-        qe_json_string(stdout, g[i].label, strlen(g[i].label));
+        text_json_string(stdout, g[i].label, strlen(g[i].label));
         printf(",\"weights\":\"%s\",\"text\":", g[i].weights);
-        qe_json_string(stdout, g[i].text ? g[i].text : "", g[i].len);
+        text_json_string(stdout, g[i].text ? g[i].text : "", g[i].len);
         printf(",\"generated_ids\":[");
         for (int j = 0; j < g[i].n_ids; j++)
             printf(j ? ",%d" : "%d", g[i].ids[j]);

@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../text_out.h"
+
 #include "qrun.h"
 
 /* ---- windows ---------------------------------------------------------------
@@ -149,10 +151,6 @@ char *qe_read_file(const char *path, size_t *len);
 /* Tokenize with a buffer that grows to fit; NULL + message naming `what`. */
 int32_t *qe_tokenize(qrun_model *m, const char *what, const char *text, size_t len,
                      unsigned flags, size_t *n);
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is not one. */
-size_t qe_utf8_len(const unsigned char *s, size_t n);
-/* A JSON string literal; invalid UTF-8 becomes U+FFFD. */
-void qe_json_string(FILE *f, const char *s, size_t n);
 /* Print a double for JSON/CSV: %.17g when finite, null (JSON) / empty (CSV) otherwise. */
 void qe_json_number(FILE *f, double v);
 /* Labels for the models: file names without directories, or the whole path

@@ -112,13 +112,13 @@ static void json_key_num(FILE *f, const char *key, double v)
 static void json_key_str(FILE *f, const char *key, const char *s)
 {
     fprintf(f, ",\"%s\":", key);
-    qe_json_string(f, s, strlen(s));
+    text_json_string(f, s, strlen(s));
 }
 
 void qe_print_json(FILE *f, const qe_run *r)
 {
     fprintf(f, "{\"text\":");
-    qe_json_string(f, r->text_path, strlen(r->text_path));
+    text_json_string(f, r->text_path, strlen(r->text_path));
     fprintf(f, ",\"text_bytes\":%zu,\"n_tokens\":%d,\"n_tokens_text\":%d", r->text_bytes,
             r->n_tokens, r->n_tokens_full);
     fprintf(f, ",\"ids_fnv1a64\":\"%016llx\",\"bos_first\":%s", (unsigned long long)r->ids_hash,
@@ -129,7 +129,7 @@ void qe_print_json(FILE *f, const qe_run *r)
             r->base >= 0 ? r->cont_every : 0, r->cont_len, n_cont(r));
     fprintf(f, ",\"base\":");
     if (r->base >= 0)
-        qe_json_string(f, r->m[r->base].path, strlen(r->m[r->base].path));
+        text_json_string(f, r->m[r->base].path, strlen(r->m[r->base].path));
     else
         fputs("null", f);
     json_key_num(f, "seconds", r->seconds);
@@ -141,7 +141,7 @@ void qe_print_json(FILE *f, const qe_run *r)
     for (int k = 0; k < r->n_m; k++) {
         const qe_member *m = &r->m[k];
         fprintf(f, "%s{\"path\":", k ? "," : "");
-        qe_json_string(f, m->path, strlen(m->path));
+        text_json_string(f, m->path, strlen(m->path));
         json_key_str(f, "label", m->label);
         fprintf(f, ",\"is_base\":%s", m->is_base ? "true" : "false");
         json_key_str(f, "architecture", m->info.architecture);

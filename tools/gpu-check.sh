@@ -4,10 +4,11 @@
 # a lease is spent on work rather than on start-ups.
 #
 #   bash tools/gpu-check.sh [--tests "gpu_matmul gpu_ops"] [--no-memcheck]
-#                           [--build DIR] [--all]
+#                           [--build DIR] [--all] [--build-only]
 #
 # --tests   only these meson tests (default: the whole "gpu" suite)
 # --all     also run the CPU suites (unit, model) in the same build
+# --build-only  configure and build, run nothing (a later call runs the tests)
 # Needs nvcc, meson, ninja and pkg-config. cJSON, the PCRE2 headers and Check
 # are taken from .gpu-debs/ (Debian packages, see docs/gpu.md) when the
 # system lacks them. Logs go to $OUT (or /tmp/gpu-check) and a summary is
@@ -17,12 +18,14 @@ cd "$(dirname "$0")/.."
 TESTS=""
 MEMCHECK=1
 ALL=0
+BUILD_ONLY=0
 BUILD=build-gpucheck
 while [ $# -gt 0 ]; do
     case "$1" in
     --tests) TESTS="$2"; shift ;;
     --no-memcheck) MEMCHECK=0 ;;
     --all) ALL=1 ;;
+    --build-only) BUILD_ONLY=1 ;;
     --build) BUILD="$2"; shift ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -56,6 +59,7 @@ if ! ninja -C "$BUILD" >"$LOG/build.log" 2>&1; then
 fi
 grep -i "warning" "$LOG/build.log" | head -20
 echo "build: $(( $(date +%s) - t0 )) s"
+[ $BUILD_ONLY = 1 ] && exit 0
 
 status=0
 if [ -n "$TESTS" ]; then

@@ -330,14 +330,15 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
 }
 
 /* Block (head, t): combine the chunks [0, p / SPLIT_CHUNK] of token t, query
- * head `head`, in ascending order. fac (dynamic shared, n_chunks floats)
- * holds each chunk's rescaling to the overall maximum. */
+ * head `head`, in ascending order. Every thread recomputes each chunk's
+ * rescaling expf(m_c - M) itself rather than sharing it through shared
+ * memory: there are few chunks (n_ctx / 128), the partials come through L1,
+ * and so n_ctx has no shared-memory limit. */
 __global__ void attn_merge_kernel(const qk_step *__restrict__ step, int n_heads, int D,
                                   int n_ctx, int n_chunks, const float2 *__restrict__ part_ml,
                                   const float *__restrict__ part_acc, float *__restrict__ out,
                                   int ld_out, qdtype act)
 {
-    extern __shared__ float fac[];
     const int head = blockIdx.x, t = blockIdx.y;
     const int p = min(step->p0 + t, n_ctx - 1);
     const int nc = p / SPLIT_CHUNK + 1;
@@ -346,17 +347,16 @@ __global__ void attn_merge_kernel(const qk_step *__restrict__ step, int n_heads,
     float M = -INFINITY;
     for (int c = 0; c < nc; c++)
         M = fmaxf(M, part_ml[base + c].x);
-    for (int c = threadIdx.x; c < nc; c += blockDim.x)
-        fac[c] = expf(part_ml[base + c].x - M);
-    __syncthreads();
     float L = 0.0f;
-    for (int c = 0; c < nc; c++)
-        L += part_ml[base + c].y * fac[c];
+    for (int c = 0; c < nc; c++) {
+        const float2 ml = part_ml[base + c];
+        L += ml.y * expf(ml.x - M);
+    }
     const float inv = 1.0f / L;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.0f;
         for (int c = 0; c < nc; c++)
-            acc = fmaf(part_acc[(base + c) * (size_t)D + d], fac[c], acc);
+            acc = fmaf(part_acc[(base + c) * (size_t)D + d], expf(part_ml[base + c].x - M), acc);
         out[(size_t)t * (size_t)ld_out + (size_t)head * (size_t)D + d] = qk_round(acc * inv, act);
     }
 }
@@ -661,11 +661,6 @@ static bool launch_split(const attn_launch *L, cudaStream_t s, qerr *err)
     const qk_attn_args *a = L->a;
     const qk_kv_layer *kv = L->kv;
     const int n_chunks = (int)qk_div_up((uint64_t)kv->n_ctx, SPLIT_CHUNK);
-    if ((size_t)n_chunks * sizeof(float) > 48 * 1024) {
-        qerr_set(err, QRUN_ERR_DEVICE, "qk_attention: n_ctx %d is beyond the merge's %d chunks",
-                 kv->n_ctx, 48 * 1024 / (int)sizeof(float));
-        return false;
-    }
     const size_t parts = (size_t)a->n * (size_t)a->n_heads * (size_t)n_chunks;
     float2 *ml = (float2 *)a->scratch;
     float *acc = (float *)((char *)a->scratch + split_ml_bytes(parts));
@@ -677,7 +672,7 @@ static bool launch_split(const attn_launch *L, cudaStream_t s, qerr *err)
         return false;
     dim3 grid((unsigned)a->n_heads, (unsigned)a->n);
     unsigned threads = kv->head_dim >= 128 ? 128 : (unsigned)(kv->head_dim + 31) / 32 * 32;
-    attn_merge_kernel<<<grid, threads, (size_t)n_chunks * sizeof(float), s>>>(
+    attn_merge_kernel<<<grid, threads, 0, s>>>(
         a->step, a->n_heads, kv->head_dim, kv->n_ctx, n_chunks, ml, acc, a->out, a->ld_out,
         a->act);
     return qk_launched("qk_attention (merge)", err);

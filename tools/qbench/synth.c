@@ -6,10 +6,17 @@
  *    block maxima of N(0, 0.02²) weights), or with double quantization
  *    random qabsmax codes, absmax2 in [0.01, 0.02], offset 0.05 and the real
  *    dynamic map, which keeps every reconstructed absmax positive;
- *  - int8 Linear: codes uniform in [-127, 127], SCB uniform in [0.05, 0.2]
- *    rounded to f16 values (SCB is the row maximum of an f16 copy);
+ *  - int8 Linear: what row-wise quantization makes of N(0, 0.02²) weights:
+ *    codes ~N(0, 29.5²) rounded and clipped to [-127, 127] (the row maximum
+ *    of 4096 such values is about 4.3 standard deviations), SCB uniform in
+ *    [0.08, 0.1] rounded to f16 values (SCB is the row maximum of an f16
+ *    copy);
  *  - f16/bf16 Linear, embedding, lm_head, biases: ~N(0, 0.02²);
- *  - norm weights uniform in [0.9, 1.1], norm biases ~N(0, 0.02²);
+ *  - norm weights uniform in [0.9, 1.1] except every 512th channel (index
+ *    7 mod 512), which is 10: the few systematic outlier features of real
+ *    LLMs, so that LLM.int8 at threshold 6 meets a realistic handful of
+ *    outlier columns (a random model would have none); norm biases
+ *    ~N(0, 0.02²);
  * all in the dtype qconvert uses. Contents are a pure function of the seed,
  * the tensor's index and the element's index (a counter-based generator),
  * so the file does not depend on the thread count. */
@@ -58,7 +65,7 @@ static inline uint64_t rnd(uint64_t key, uint64_t i) { return mix64(key + (i + 1
 
 typedef enum fill_kind {
     FILL_BYTES,   /* uniform bytes: 4-bit codes, qabsmax codes */
-    FILL_INT8,    /* uniform in [-127, 127] */
+    FILL_INT8,    /* ~N(0, 29.5²) rounded, clipped to [-127, 127] */
     FILL_UNIFORM, /* uniform in [a, b] */
     FILL_NORMAL,  /* mean a, standard deviation b (sum of four uniforms) */
     FILL_DATA     /* the bytes at `data` */
@@ -73,6 +80,7 @@ typedef struct item {
     fill_kind fill;
     float a, b;
     bool f16_values;  /* FILL_UNIFORM f32 values rounded to f16 (SCB) */
+    bool spikes;      /* FILL_UNIFORM: elements 7 mod 512 are 10 (outlier features) */
     bool zero_pad;    /* 4-bit codes of an odd count: the last low nibble is 0.0's code */
     uint8_t zero_code;
     const void *data; /* FILL_DATA */
@@ -158,7 +166,7 @@ static bool add_linear(item_list *l, const synth_options *o, const qmodel_tensor
         it->fill = FILL_INT8;
         it->is_param = true;
         ADD(l, err, pt->name, ".scb", QDT_F32, 1, N, 0);
-        it->fill = FILL_UNIFORM, it->a = 0.05f, it->b = 0.2f, it->f16_values = true;
+        it->fill = FILL_UNIFORM, it->a = 0.08f, it->b = 0.1f, it->f16_values = true;
         return true;
     case QCONVERT_F16:
     case QCONVERT_BF16:
@@ -267,7 +275,7 @@ static bool model_build(const synth_options *o, synth_model *m, qerr *err)
         it->is_param = true;
         it->fill = FILL_NORMAL, it->a = 0.0f, it->b = 0.02f;
         if (pt->role == QROLE_NORM && ends_with(pt->name, ".weight"))
-            it->fill = FILL_UNIFORM, it->a = 0.9f, it->b = 1.1f;
+            it->fill = FILL_UNIFORM, it->a = 0.9f, it->b = 1.1f, it->spikes = true;
     }
     qmodel_plan_free(&plan);
     if (!ok)
@@ -370,6 +378,15 @@ static void store_value(qdtype dt, float v, unsigned char *out)
     }
 }
 
+/* About N(0, 1) from 64 random bits: Irwin-Hall of four 16-bit uniforms
+ * (mean 2, variance 1/3), centred and scaled. */
+static double irwin_hall(uint64_t x)
+{
+    double s = (double)(x & 0xffff) + (double)((x >> 16) & 0xffff) +
+               (double)((x >> 32) & 0xffff) + (double)(x >> 48);
+    return (s / 65536.0 - 2.0) * 1.7320508075688772;
+}
+
 static void fill_task(void *ctx, int task, int n_tasks)
 {
     (void)n_tasks;
@@ -377,7 +394,7 @@ static void fill_task(void *ctx, int task, int n_tasks)
     const item *it = j->it;
     uint64_t lo = (uint64_t)task * j->per_task;
     uint64_t hi = lo + j->per_task < j->count ? lo + j->per_task : j->count;
-    if (it->fill == FILL_BYTES || it->fill == FILL_INT8) {
+    if (it->fill == FILL_BYTES) {
         /* 8 bytes per random word; pieces and tasks start at multiples of 8 */
         for (uint64_t u = lo; u < hi; u += 8) {
             uint64_t x = rnd(j->key, (j->first + u) / 8);
@@ -385,9 +402,15 @@ static void fill_task(void *ctx, int task, int n_tasks)
             memcpy(b, &x, 8);
             uint64_t n = hi - u < 8 ? hi - u : 8;
             for (uint64_t k = 0; k < n; k++)
-                j->out[u + k] = it->fill == FILL_BYTES
-                                    ? b[k]
-                                    : (unsigned char)(int8_t)((int)((b[k] * 255u) >> 8) - 127);
+                j->out[u + k] = b[k];
+        }
+        return;
+    }
+    if (it->fill == FILL_INT8) {
+        for (uint64_t u = lo; u < hi; u++) {
+            double z = irwin_hall(rnd(j->key, j->first + u)) * 29.5;
+            z = z > 127.0 ? 127.0 : z < -127.0 ? -127.0 : z;
+            j->out[u] = (unsigned char)(int8_t)lrint(z);
         }
         return;
     }
@@ -399,11 +422,10 @@ static void fill_task(void *ctx, int task, int n_tasks)
             v = it->a + (it->b - it->a) * (float)((double)(x >> 40) * (1.0 / 16777216.0));
             if (it->f16_values)
                 v = qf16_to_f32(qf32_to_f16(v));
+            if (it->spikes && (j->first + u) % 512 == 7)
+                v = 10.0f;
         } else {
-            /* Irwin-Hall: four 16-bit uniforms, mean 2, variance 1/3 */
-            double s = (double)(x & 0xffff) + (double)((x >> 16) & 0xffff) +
-                       (double)((x >> 32) & 0xffff) + (double)(x >> 48);
-            v = it->a + it->b * (float)((s / 65536.0 - 2.0) * 1.7320508075688772);
+            v = it->a + it->b * (float)irwin_hall(x);
         }
         store_value(it->dtype, v, j->out + u * es);
     }

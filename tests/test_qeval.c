@@ -829,11 +829,7 @@ static void teardown(void)
 }
 
 /* ---- SmolLM2 against transformers ------------------------------------------------------- */
-static const char *smollm2_dir(void)
-{
-    const char *d = getenv("QRUN_SMOLLM2_DIR");
-    return d ? d : "models-cache/smollm2-135m-instruct";
-}
+static const char *smollm2_dir(void) { return tu_smollm2_dir(); }
 
 START_TEST(smollm2_f16_perplexity_matches_transformers)
 {

@@ -21,11 +21,7 @@
 
 #define N_GEN 32
 
-static const char *model_dir(void)
-{
-    const char *d = getenv("QRUN_SMOLLM2_DIR");
-    return d ? d : "models-cache/smollm2-135m-instruct";
-}
+static const char *model_dir(void) { return tu_smollm2_dir(); }
 
 static cJSON *index_json;
 static st_file *fx;

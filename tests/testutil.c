@@ -19,6 +19,14 @@ const char *tu_data_dir(void)
     return d ? d : "tests/data";
 }
 
+const char *tu_smollm2_dir(void)
+{
+    const char *d = getenv("QRUN_SMOLLM2_DIR");
+    if (!d || !*d)
+        d = getenv("QRUN_SMOLLM2_DEFAULT");
+    return d && *d ? d : "models-cache/smollm2-135m-instruct";
+}
+
 const char *tu_data_path(const char *rel)
 {
     static char bufs[8][4096];

@@ -8,6 +8,10 @@
 
 /* Directory of committed fixtures (QRUN_TEST_DATA, set by meson). */
 const char *tu_data_dir(void);
+/* The SmolLM2-135M-Instruct checkpoint directory: QRUN_SMOLLM2_DIR when the
+ * caller sets it, else meson's default (QRUN_SMOLLM2_DEFAULT, the source
+ * tree's models-cache/), else models-cache/ relative to the working dir. */
+const char *tu_smollm2_dir(void);
 /* Path under the fixture directory; returns a static buffer per call slot. */
 const char *tu_data_path(const char *rel);
 /* A fresh temporary directory (removed by tu_rmtree). Caller frees. */

@@ -823,11 +823,7 @@ END_TEST
 
 /* ---- SmolLM2-135M ---------------------------------------------------------------------- */
 
-static const char *smollm2_dir(void)
-{
-    const char *d = getenv("QRUN_SMOLLM2_DIR");
-    return d ? d : "models-cache/smollm2-135m-instruct";
-}
+static const char *smollm2_dir(void) { return tu_smollm2_dir(); }
 
 static bool have_smollm2(void)
 {

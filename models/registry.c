@@ -830,3 +830,16 @@ bool qmodel_read_qrope(const cJSON *hp, qrope *r, qerr *err)
         return qerr_set(err, QRUN_ERR_FORMAT, "hparams: %s", e2.msg) == QRUN_OK;
     return true;
 }
+
+int qmodel_layer_of(const char *name)
+{
+    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
+        const char *q = p + 1;
+        long v = 0;
+        while (*q >= '0' && *q <= '9' && v < 100000000L)
+            v = v * 10 + (*q++ - '0');
+        if (q > p + 1 && *q == '.')
+            return (int)v;
+    }
+    return -1;
+}

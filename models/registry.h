@@ -148,6 +148,11 @@ bool qhp_float(const cJSON *hp, const char *key, float *out, qerr *err);
 /* The planned tensor named `name`, or NULL. */
 const qmodel_tensor *qmodel_plan_find(const qmodel_plan *p, const char *name);
 
+/* The decoder block a tensor name belongs to: the first ".<digits>."
+ * component (model.layers.12.…, transformer.h.3.…); -1 when there is none.
+ * The engine places tensors on the GPU by it, and qbench counts bytes. */
+int qmodel_layer_of(const char *name);
+
 /* The source weights' dtype string from config.json: "dtype" (transformers
  * 5) or else "torch_dtype" (older), e.g. "bfloat16"; NULL when neither is a
  * string. read_config validates it and stores it as hparams.source_dtype. */

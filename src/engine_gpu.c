@@ -19,21 +19,6 @@ static double mib(uint64_t b) { return (double)b / 1048576.0; }
 
 static uint64_t align256(uint64_t v) { return (v + 255u) / 256u * 256u; }
 
-/* The decoder layer a tensor belongs to: the first ".<digits>." component of
- * its name (model.layers.12.…, transformer.h.3.…); -1 when there is none. */
-static int layer_of(const char *name)
-{
-    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
-        const char *q = p + 1;
-        long v = 0;
-        while (*q >= '0' && *q <= '9' && v < 100000000L)
-            v = v * 10 + (*q++ - '0');
-        if (q > p + 1 && *q == '.')
-            return (int)v;
-    }
-    return -1;
-}
-
 static bool in_tensor(const qengine *e, const qbin_tensor *t, const void *p)
 {
     const char *b = qbin_tensor_data(e->file, t);
@@ -58,7 +43,7 @@ static int tensor_class(const qengine *e, const qbin_tensor *t)
             if (in_tensor(e, t, out[i]))
                 return CLASS_OUTPUT;
     }
-    int l = layer_of(t->name);
+    int l = qmodel_layer_of(t->name);
     return l >= 0 && l < e->sizes.n_layers ? l : CLASS_SHARED;
 }
 

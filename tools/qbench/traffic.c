@@ -28,22 +28,6 @@ static uint64_t stored_bytes(const qbin_file *f, const qbin_tensor *t)
     return b;
 }
 
-/* The decoder block a tensor belongs to: the first ".<digits>." component
- * of its name (model.layers.12.…, transformer.h.3.…), as the engine places
- * tensors; -1 for none. */
-static int layer_of(const char *name)
-{
-    for (const char *p = strchr(name, '.'); p; p = strchr(p + 1, '.')) {
-        const char *q = p + 1;
-        long v = 0;
-        while (*q >= '0' && *q <= '9' && v < 100000000L)
-            v = v * 10 + (*q++ - '0');
-        if (q > p + 1 && *q == '.')
-            return (int)v;
-    }
-    return -1;
-}
-
 static bool hp_bool(const cJSON *hp, const char *key, bool *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(hp, key);
@@ -93,7 +77,7 @@ bool traffic_from_qbin(const char *path, traffic *t, qerr *err)
             goto out;
         }
         uint64_t b = stored_bytes(f, qt);
-        int l = layer_of(pt->name);
+        int l = qmodel_layer_of(pt->name);
         switch (pt->role) {
         case QROLE_EMBED:
             if (tie) { /* the table is also the output projection */

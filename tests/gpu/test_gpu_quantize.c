@@ -250,15 +250,20 @@ START_TEST(bnb_4bit_and_double_quant_exact)
             qerr err;
             ck_assert_msg(cuda_quantizer_4bit(gq, qt, dt, src, n, bs, packed, absmax, &err), "%s",
                           err.msg);
-            for (uint64_t b = 0; b < nb; b++)
-                ck_assert_msg(same_bits(absmax[b], ref_absmax[b]), "%s: absmax[%llu] %a, bnb %a",
-                              k, (unsigned long long)b, absmax[b], ref_absmax[b]);
-            for (uint64_t i = 0; i < n + (n & 1); i++)
-                ck_assert_msg(nibble(packed, i) == nibble(ref, i),
-                              "%s: code %llu (x = %a, scaled exactly %a) is %u, bnb %u", k,
-                              (unsigned long long)i, i < n ? x[i] : 0.0f,
-                              i < n ? x[i] / ref_absmax[i / bs] : 0.0f, nibble(packed, i),
-                              nibble(ref, i));
+            /* first differences by plain loops, then one assertion each
+             * (Check records every passing assertion) */
+            uint64_t b = 0, i = 0;
+            while (b < nb && same_bits(absmax[b], ref_absmax[b]))
+                b++;
+            ck_assert_msg(b == nb, "%s: absmax[%llu] %a, bnb %a", k, (unsigned long long)b,
+                          b < nb ? absmax[b] : 0.0f, b < nb ? ref_absmax[b] : 0.0f);
+            while (i < n + (n & 1) && nibble(packed, i) == nibble(ref, i))
+                i++;
+            ck_assert_msg(i == n + (n & 1),
+                          "%s: code %llu (x = %a, scaled exactly %a) is %u, bnb %u", k,
+                          (unsigned long long)i, i < n ? x[i] : 0.0f,
+                          i < n ? x[i] / ref_absmax[i / bs] : 0.0f, nibble(packed, i),
+                          nibble(ref, i));
 
             /* Double quantization from bitsandbytes' absmax (= ours). */
             float off = cuda_quantizer_dq_offset(gq, ref_absmax, nb);

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_args.h"
 #include "qrun.h"
 #include "text_out.h"
 
@@ -91,28 +92,6 @@ static int usage_error(const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nTry 'qrun --help'.\n");
     return 2;
-}
-
-static bool parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
-static bool parse_float(const char *s, float lo, float hi, float *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi))
-        return false;
-    *out = (float)v;
-    return true;
 }
 
 /* ---- growable text buffers ------------------------------------------------ */
@@ -577,31 +556,31 @@ static int run(int argc, char **argv, const char **stops)
             o.system = v;
         } else if (IS("-n", "--n-predict")) {
             VALUE();
-            if (!parse_int(v, -1, INT_MAX, &o.n_predict))
+            if (!cli_int(v, -1, INT_MAX, &o.n_predict))
                 return usage_error("bad --n-predict '%s' (a number >= -1)", v);
         } else if (!strcmp(a, "--temp")) {
             VALUE();
-            if (!parse_float(v, 0.0f, 100.0f, &o.temp))
+            if (!cli_float(v, 0.0f, 100.0f, &o.temp))
                 return usage_error("bad --temp '%s' (0 to 100)", v);
         } else if (!strcmp(a, "--top-k")) {
             VALUE();
-            if (!parse_int(v, 0, INT_MAX, &o.top_k))
+            if (!cli_int(v, 0, INT_MAX, &o.top_k))
                 return usage_error("bad --top-k '%s' (a number >= 0)", v);
         } else if (!strcmp(a, "--top-p")) {
             VALUE();
-            if (!parse_float(v, 0.0f, 1.0f, &o.top_p))
+            if (!cli_float(v, 0.0f, 1.0f, &o.top_p))
                 return usage_error("bad --top-p '%s' (0 to 1)", v);
         } else if (!strcmp(a, "--min-p")) {
             VALUE();
-            if (!parse_float(v, 0.0f, 1.0f, &o.min_p))
+            if (!cli_float(v, 0.0f, 1.0f, &o.min_p))
                 return usage_error("bad --min-p '%s' (0 to 1)", v);
         } else if (!strcmp(a, "--repeat-penalty")) {
             VALUE();
-            if (!parse_float(v, 0.0f, 100.0f, &o.repeat_penalty) || o.repeat_penalty <= 0.0f)
+            if (!cli_float(v, 0.0f, 100.0f, &o.repeat_penalty) || o.repeat_penalty <= 0.0f)
                 return usage_error("bad --repeat-penalty '%s' (a number > 0)", v);
         } else if (!strcmp(a, "--repeat-last-n")) {
             VALUE();
-            if (!parse_int(v, -1, INT_MAX, &o.repeat_last_n))
+            if (!cli_int(v, -1, INT_MAX, &o.repeat_last_n))
                 return usage_error("bad --repeat-last-n '%s' (a number >= -1)", v);
         } else if (!strcmp(a, "--seed")) {
             VALUE();
@@ -619,43 +598,31 @@ static int run(int argc, char **argv, const char **stops)
             stops[o.n_stop++] = v;
         } else if (!strcmp(a, "--n-sequences")) {
             VALUE();
-            if (!parse_int(v, 1, 1024, &o.n_seq))
+            if (!cli_int(v, 1, 1024, &o.n_seq))
                 return usage_error("bad --n-sequences '%s' (1 to 1024)", v);
         } else if (IS("-c", "--ctx-size")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 24, &o.n_ctx))
+            if (!cli_int(v, 1, 1 << 24, &o.n_ctx))
                 return usage_error("bad --ctx-size '%s' (a number > 0)", v);
         } else if (IS("-b", "--batch-size")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 20, &o.n_batch))
+            if (!cli_int(v, 1, 1 << 20, &o.n_batch))
                 return usage_error("bad --batch-size '%s' (a number > 0)", v);
         } else if (IS("-t", "--threads")) {
             VALUE();
-            if (!parse_int(v, 1, 4096, &o.n_threads))
+            if (!cli_int(v, 1, 4096, &o.n_threads))
                 return usage_error("bad --threads '%s' (a number > 0)", v);
         } else if (!strcmp(a, "--backend")) {
             VALUE();
-            if (!strcmp(v, "auto"))
-                o.backend = QRUN_BACKEND_AUTO;
-            else if (!strcmp(v, "cpu"))
-                o.backend = QRUN_BACKEND_CPU;
-            else if (!strcmp(v, "cuda"))
-                o.backend = QRUN_BACKEND_CUDA;
-            else
+            if (!cli_backend(v, &o.backend))
                 return usage_error("unknown --backend '%s' (auto, cpu, cuda)", v);
         } else if (!strcmp(a, "--gpu-layers")) {
             VALUE();
-            if (!strcmp(v, "auto"))
-                o.gpu_layers = -1;
-            else if (!parse_int(v, 0, 1 << 20, &o.gpu_layers))
+            if (!cli_gpu_layers(v, &o.gpu_layers))
                 return usage_error("bad --gpu-layers '%s' (a number or auto)", v);
         } else if (!strcmp(a, "--kv-type")) {
             VALUE();
-            if (!strcmp(v, "f16"))
-                o.kv = QRUN_KV_F16;
-            else if (!strcmp(v, "f32"))
-                o.kv = QRUN_KV_F32;
-            else
+            if (!cli_kv_type(v, &o.kv))
                 return usage_error("unknown --kv-type '%s' (f16, f32)", v);
         } else if (!strcmp(a, "--chat")) {
             o.chat = true;

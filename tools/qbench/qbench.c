@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../cli_args.h"
 #include "dtype.h"
 #include "qbench.h"
 #include "qrun.h"
@@ -125,17 +126,6 @@ static int usage_error(const char *fmt, const char *arg)
     return 2;
 }
 
-static bool parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
 static void print_help(void)
 {
     fputs(usage_head, stdout);
@@ -190,7 +180,7 @@ static int parse_args(int argc, char **argv, options *o)
             SYNTH_ONLY();
         } else if (!strcmp(a, "--blocksize")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 20, &o->syn.blocksize))
+            if (!cli_int(v, 1, 1 << 20, &o->syn.blocksize))
                 return usage_error("bad --blocksize '%s' (32, 64, ... 4096)", v);
             SYNTH_ONLY();
         } else if (!strcmp(a, "--int8-threshold")) {
@@ -225,65 +215,53 @@ static int parse_args(int argc, char **argv, options *o)
             o->syn.seed = s;
         } else if (IS("-p", "--n-prompt")) {
             VALUE();
-            if (!parse_int(v, 0, 1 << 20, &o->pp))
+            if (!cli_int(v, 0, 1 << 20, &o->pp))
                 return usage_error("bad --n-prompt '%s' (a number >= 0)", v);
         } else if (IS("-n", "--n-gen")) {
             VALUE();
-            if (!parse_int(v, 0, 1 << 20, &o->tg))
+            if (!cli_int(v, 0, 1 << 20, &o->tg))
                 return usage_error("bad --n-gen '%s' (a number >= 0)", v);
         } else if (!strcmp(a, "--gen-context")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 20, &o->tg_context))
+            if (!cli_int(v, 1, 1 << 20, &o->tg_context))
                 return usage_error("bad --gen-context '%s' (a number >= 1)", v);
         } else if (IS("-r", "--reps")) {
             VALUE();
-            if (!parse_int(v, 1, 10000, &o->reps))
+            if (!cli_int(v, 1, 10000, &o->reps))
                 return usage_error("bad --reps '%s' (1 to 10000)", v);
         } else if (!strcmp(a, "--warmup")) {
             VALUE();
-            if (!parse_int(v, 0, 10000, &o->warmup))
+            if (!cli_int(v, 0, 10000, &o->warmup))
                 return usage_error("bad --warmup '%s' (0 to 10000)", v);
         } else if (IS("-b", "--batch-size")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 20, &o->n_batch))
+            if (!cli_int(v, 1, 1 << 20, &o->n_batch))
                 return usage_error("bad --batch-size '%s' (a number > 0)", v);
         } else if (!strcmp(a, "--bw-reps")) {
             VALUE();
-            if (!parse_int(v, 1, 10000, &o->bw_reps))
+            if (!cli_int(v, 1, 10000, &o->bw_reps))
                 return usage_error("bad --bw-reps '%s' (1 to 10000)", v);
         } else if (!strcmp(a, "--bw-mib")) {
             VALUE();
             int mib;
-            if (!parse_int(v, 1, 1 << 24, &mib))
+            if (!cli_int(v, 1, 1 << 24, &mib))
                 return usage_error("bad --bw-mib '%s' (a number of MiB > 0)", v);
             o->bw_bytes = (uint64_t)mib << 20;
         } else if (!strcmp(a, "--backend")) {
             VALUE();
-            if (!strcmp(v, "auto"))
-                o->backend = QRUN_BACKEND_AUTO;
-            else if (!strcmp(v, "cpu"))
-                o->backend = QRUN_BACKEND_CPU;
-            else if (!strcmp(v, "cuda"))
-                o->backend = QRUN_BACKEND_CUDA;
-            else
+            if (!cli_backend(v, &o->backend))
                 return usage_error("unknown --backend '%s' (auto, cpu, cuda)", v);
         } else if (!strcmp(a, "--gpu-layers")) {
             VALUE();
-            if (!strcmp(v, "auto"))
-                o->gpu_layers = -1;
-            else if (!parse_int(v, 0, 1 << 20, &o->gpu_layers))
+            if (!cli_gpu_layers(v, &o->gpu_layers))
                 return usage_error("bad --gpu-layers '%s' (a number or auto)", v);
         } else if (IS("-t", "--threads")) {
             VALUE();
-            if (!parse_int(v, 1, 4096, &o->n_threads))
+            if (!cli_int(v, 1, 4096, &o->n_threads))
                 return usage_error("bad --threads '%s' (a number > 0)", v);
         } else if (!strcmp(a, "--kv-type")) {
             VALUE();
-            if (!strcmp(v, "f16"))
-                o->kv = QRUN_KV_F16;
-            else if (!strcmp(v, "f32"))
-                o->kv = QRUN_KV_F32;
-            else
+            if (!cli_kv_type(v, &o->kv))
                 return usage_error("unknown --kv-type '%s' (f16, f32)", v);
         } else if (!strcmp(a, "--no-verify")) {
             o->verify = false;

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../cli_args.h"
 #include "qeval.h"
 
 static const char usage_text[] =
@@ -88,28 +89,6 @@ static int usage_error(const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nTry 'qeval --help'.\n");
     return 2;
-}
-
-static bool parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = (int)v;
-    return true;
-}
-
-static bool parse_float(const char *s, float lo, float hi, float *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi))
-        return false;
-    *out = (float)v;
-    return true;
 }
 
 /* ---- evaluation ------------------------------------------------------------------- */
@@ -383,23 +362,23 @@ static int run(int argc, char **argv, const char **models)
             o.prompt = v;
         } else if (!strcmp(a, "--max-tokens")) {
             VALUE();
-            if (!parse_int(v, 2, INT_MAX, &o.max_tokens))
+            if (!cli_int(v, 2, INT_MAX, &o.max_tokens))
                 return usage_error("bad --max-tokens '%s' (a number >= 2)", v);
         } else if (IS("-c", "--ctx")) {
             VALUE();
-            if (!parse_int(v, 2, 1 << 24, &o.ctx))
+            if (!cli_int(v, 2, 1 << 24, &o.ctx))
                 return usage_error("bad --ctx '%s' (a number >= 2)", v);
         } else if (!strcmp(a, "--stride")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 24, &o.stride))
+            if (!cli_int(v, 1, 1 << 24, &o.stride))
                 return usage_error("bad --stride '%s' (a number >= 1)", v);
         } else if (!strcmp(a, "--cont-every")) {
             VALUE();
-            if (!parse_int(v, 0, INT_MAX, &o.cont_every))
+            if (!cli_int(v, 0, INT_MAX, &o.cont_every))
                 return usage_error("bad --cont-every '%s' (a number >= 0)", v);
         } else if (!strcmp(a, "--cont-len")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 16, &o.cont_len))
+            if (!cli_int(v, 1, 1 << 16, &o.cont_len))
                 return usage_error("bad --cont-len '%s' (1 to 65536)", v);
         } else if (!strcmp(a, "--json-file")) {
             VALUE();
@@ -412,23 +391,23 @@ static int run(int argc, char **argv, const char **models)
             o.chart = v;
         } else if (IS("-n", "--n-predict")) {
             VALUE();
-            if (!parse_int(v, 1, 1 << 20, &o.n_predict))
+            if (!cli_int(v, 1, 1 << 20, &o.n_predict))
                 return usage_error("bad --n-predict '%s' (a number > 0)", v);
         } else if (!strcmp(a, "--temp")) {
             VALUE();
-            if (!parse_float(v, 0.0f, 100.0f, &o.temp))
+            if (!cli_float(v, 0.0f, 100.0f, &o.temp))
                 return usage_error("bad --temp '%s' (0 to 100)", v);
         } else if (!strcmp(a, "--top-k")) {
             VALUE();
-            if (!parse_int(v, 0, INT_MAX, &o.top_k))
+            if (!cli_int(v, 0, INT_MAX, &o.top_k))
                 return usage_error("bad --top-k '%s' (a number >= 0)", v);
         } else if (!strcmp(a, "--top-p")) {
             VALUE();
-            if (!parse_float(v, 0.0f, 1.0f, &o.top_p))
+            if (!cli_float(v, 0.0f, 1.0f, &o.top_p))
                 return usage_error("bad --top-p '%s' (0 to 1)", v);
         } else if (!strcmp(a, "--min-p")) {
             VALUE();
-            if (!parse_float(v, 0.0f, 1.0f, &o.min_p))
+            if (!cli_float(v, 0.0f, 1.0f, &o.min_p))
                 return usage_error("bad --min-p '%s' (0 to 1)", v);
         } else if (!strcmp(a, "--seed")) {
             VALUE();
@@ -441,31 +420,19 @@ static int run(int argc, char **argv, const char **models)
             o.seed_given = true;
         } else if (IS("-t", "--threads")) {
             VALUE();
-            if (!parse_int(v, 1, 4096, &o.n_threads))
+            if (!cli_int(v, 1, 4096, &o.n_threads))
                 return usage_error("bad --threads '%s' (a number > 0)", v);
         } else if (!strcmp(a, "--backend")) {
             VALUE();
-            if (!strcmp(v, "auto"))
-                o.backend = QRUN_BACKEND_AUTO;
-            else if (!strcmp(v, "cpu"))
-                o.backend = QRUN_BACKEND_CPU;
-            else if (!strcmp(v, "cuda"))
-                o.backend = QRUN_BACKEND_CUDA;
-            else
+            if (!cli_backend(v, &o.backend))
                 return usage_error("unknown --backend '%s' (auto, cpu, cuda)", v);
         } else if (!strcmp(a, "--gpu-layers")) {
             VALUE();
-            if (!strcmp(v, "auto"))
-                o.gpu_layers = -1;
-            else if (!parse_int(v, 0, 1 << 20, &o.gpu_layers))
+            if (!cli_gpu_layers(v, &o.gpu_layers))
                 return usage_error("bad --gpu-layers '%s' (a number or auto)", v);
         } else if (!strcmp(a, "--kv-type")) {
             VALUE();
-            if (!strcmp(v, "f16"))
-                o.kv = QRUN_KV_F16;
-            else if (!strcmp(v, "f32"))
-                o.kv = QRUN_KV_F32;
-            else
+            if (!cli_kv_type(v, &o.kv))
                 return usage_error("unknown --kv-type '%s' (f16, f32)", v);
         } else if (!strcmp(a, "--generate")) {
             o.generate = true;

@@ -167,3 +167,41 @@ bool qweight_from_qbin(const qbin_file *f, const char *name, qweight *w, qerr *e
     }
     return true;
 }
+
+bool qweight_check(const qweight *w, qerr *err)
+{
+    if (!w || !w->data || w->rows == 0 || w->cols == 0) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: empty or missing weight");
+        return false;
+    }
+    switch (w->dtype) {
+    case QDT_F32:
+    case QDT_F16:
+    case QDT_BF16:
+        return true;
+    case QDT_NF4:
+    case QDT_FP4:
+        if (!quant_blocksize_valid(w->blocksize) ||
+            (!w->absmax && (!w->qabsmax || !w->absmax2 || !w->dq_map))) {
+            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                     "matmul: 4-bit weight without a valid blocksize and absmax");
+            return false;
+        }
+        return true;
+    case QDT_I8:
+        if (!w->scb) {
+            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: int8 weight without row scales");
+            return false;
+        }
+        /* |acc| <= K * 127 * 127 must fit int32 for the product to be exact. */
+        if (w->cols > (uint64_t)INT32_MAX / (127 * 127)) {
+            qerr_set(err, QRUN_ERR_UNSUPPORTED, "matmul: int8 weight with %llu inputs is too wide",
+                     (unsigned long long)w->cols);
+            return false;
+        }
+        return true;
+    default:
+        qerr_set(err, QRUN_ERR_UNSUPPORTED, "matmul: weight dtype %s", qdtype_name(w->dtype));
+        return false;
+    }
+}

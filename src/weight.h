@@ -39,6 +39,12 @@ typedef struct qweight {
  * are checked; an error names the tensor. */
 bool qweight_from_qbin(const qbin_file *f, const char *name, qweight *w, qerr *err);
 
+/* What a product needs of a weight view: data and a shape, a supported
+ * dtype, 4-bit blocksize and absmax (or double quantization), int8 row
+ * scales and inputs few enough for exact int32 sums (the CPU and GPU
+ * matmuls refuse a weight with this error). */
+bool qweight_check(const qweight *w, qerr *err);
+
 #ifdef __cplusplus
 }
 #endif

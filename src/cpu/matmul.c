@@ -534,44 +534,6 @@ size_t qmatmul_scratch_size(const qweight *w, uint64_t m)
            ALIGN_UP((size_t)K * sizeof(uint32_t));
 }
 
-static bool check_weight(const qweight *w, qerr *err)
-{
-    if (!w || !w->data || w->rows == 0 || w->cols == 0) {
-        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: empty or missing weight");
-        return false;
-    }
-    switch (w->dtype) {
-    case QDT_F32:
-    case QDT_F16:
-    case QDT_BF16:
-        return true;
-    case QDT_NF4:
-    case QDT_FP4:
-        if (!quant_blocksize_valid(w->blocksize) ||
-            (!w->absmax && (!w->qabsmax || !w->absmax2 || !w->dq_map))) {
-            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
-                     "matmul: 4-bit weight without a valid blocksize and absmax");
-            return false;
-        }
-        return true;
-    case QDT_I8:
-        if (!w->scb) {
-            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: int8 weight without row scales");
-            return false;
-        }
-        /* |acc| <= K * 127 * 127 must fit int32 for the product to be exact. */
-        if (w->cols > (uint64_t)INT32_MAX / (127 * 127)) {
-            qerr_set(err, QRUN_ERR_UNSUPPORTED, "matmul: int8 weight with %llu inputs is too wide",
-                     (unsigned long long)w->cols);
-            return false;
-        }
-        return true;
-    default:
-        qerr_set(err, QRUN_ERR_UNSUPPORTED, "matmul: weight dtype %s", qdtype_name(w->dtype));
-        return false;
-    }
-}
-
 static bool float_type(qdtype t)
 {
     return t == QDT_F32 || t == QDT_F16 || t == QDT_BF16;
@@ -586,7 +548,7 @@ bool qmatmul(const qweight *w, const float *x, uint64_t m, qdtype compute, qdtyp
              const void *bias, float *y, void *scratch, size_t scratch_size, qthreads *pool,
              qerr *err)
 {
-    if (!check_weight(w, err))
+    if (!qweight_check(w, err))
         return false;
     if (!float_type(compute) || (bias && !float_type(bias_dtype))) {
         qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: compute and bias dtypes must be f32, "
@@ -661,7 +623,7 @@ bool qmatmul(const qweight *w, const float *x, uint64_t m, qdtype compute, qdtyp
 
 bool qmatmul_dequant_row(const qweight *w, uint64_t row, qdtype compute, float *out, qerr *err)
 {
-    if (!check_weight(w, err))
+    if (!qweight_check(w, err))
         return false;
     if (!float_type(compute) || !out || row >= w->rows) {
         qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "dequant row %llu: bad arguments",

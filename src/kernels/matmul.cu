@@ -112,35 +112,7 @@ bool check_args(const qk_blas *b, const qweight *w, const float *x, int m, qdtyp
                  "matmul: compute, bias and output dtypes must be f32, f16 or bf16");
         return false;
     }
-    switch (w->dtype) {
-    case QDT_F32:
-    case QDT_F16:
-    case QDT_BF16:
-        return true;
-    case QDT_NF4:
-    case QDT_FP4:
-        if (!quant_blocksize_valid(w->blocksize) ||
-            (!w->absmax && (!w->qabsmax || !w->absmax2 || !w->dq_map))) {
-            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
-                     "matmul: 4-bit weight without a valid blocksize and absmax");
-            return false;
-        }
-        return true;
-    case QDT_I8:
-        if (!w->scb) {
-            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: int8 weight without row scales");
-            return false;
-        }
-        if (w->cols > (uint64_t)INT32_MAX / (127 * 127)) { /* int32 sums must be exact */
-            qerr_set(err, QRUN_ERR_UNSUPPORTED, "matmul: int8 weight with %llu inputs is too wide",
-                     (unsigned long long)w->cols);
-            return false;
-        }
-        return true;
-    default:
-        qerr_set(err, QRUN_ERR_UNSUPPORTED, "matmul: weight dtype %s", qdtype_name(w->dtype));
-        return false;
-    }
+    return qweight_check(w, err);
 }
 
 mm_weight make_weight(const qweight *w)

@@ -17,6 +17,7 @@
 #include "import/safetensors.h"
 #include "qbin.h"
 #include "testutil.h"
+#include "tiny_variants.h"
 
 static char *g_tmp;     /* converted models, shared by all tests (created in main) */
 static cJSON *g_index;  /* tests/data/logits/index.json */
@@ -28,62 +29,11 @@ static const char *const VARIANTS[] = {"llama-mha",       "llama-gqa-llama3", "l
 
 /* ---- helpers -------------------------------------------------------------------- */
 
-static const cJSON *variant_info(const char *v)
-{
-    return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(g_index, "variants"),
-                                            v);
-}
-
-static const char *vstr(const char *v, const char *key)
-{
-    const cJSON *s = cJSON_GetObjectItemCaseSensitive(variant_info(v), key);
-    return cJSON_IsString(s) ? s->valuestring : NULL;
-}
-
-/* quant mode as named in index.json: "f16", "bf16", "nf4", "nf4_dq", "fp4",
- * "int8_t6", "int8_t0"; "src" = the qbin_dtype of the variant */
+static const cJSON *variant_info(const char *v) { return tv_info(g_index, v); }
+static const char *vstr(const char *v, const char *key) { return tv_str(g_index, v, key); }
 static const char *model_path(const char *variant, const char *mode)
 {
-    static char path[8][1024];
-    static int slot;
-    char *p = path[slot++ % 8];
-    snprintf(p, 1024, "%s/%s.%s.qbin", g_tmp, variant, mode);
-    if (tu_file_exists(p))
-        return p;
-    char in[1024];
-    snprintf(in, sizeof in, "%s/tiny/%s", tu_data_dir(), variant);
-    qconvert_options o;
-    qconvert_options_init(&o);
-    o.input_dir = in;
-    o.output_path = p;
-    const char *qd = vstr(variant, "qbin_dtype");
-    int src_dt = qd && strcmp(qd, "bfloat16") == 0 ? QDT_BF16 : QDT_F16;
-    o.compute_dtype = src_dt;
-    const char *sd = vstr(variant, "source_dtype");
-    if (strcmp(mode, "src") == 0 && sd && strcmp(sd, "float32") == 0)
-        o.quant = QCONVERT_F32, o.compute_dtype = QDT_F32;
-    else if (strcmp(mode, "src") == 0)
-        o.quant = src_dt == QDT_BF16 ? QCONVERT_BF16 : QCONVERT_F16;
-    else if (strcmp(mode, "f16") == 0)
-        o.quant = QCONVERT_F16, o.compute_dtype = QDT_F16;
-    else if (strcmp(mode, "bf16") == 0)
-        o.quant = QCONVERT_BF16, o.compute_dtype = QDT_BF16;
-    else if (strcmp(mode, "nf4") == 0)
-        o.quant = QCONVERT_NF4;
-    else if (strcmp(mode, "nf4_dq") == 0)
-        o.quant = QCONVERT_NF4, o.double_quant = true;
-    else if (strcmp(mode, "fp4") == 0)
-        o.quant = QCONVERT_FP4;
-    else if (strcmp(mode, "int8_t6") == 0)
-        o.quant = QCONVERT_INT8, o.int8_threshold = 6.0f;
-    else if (strcmp(mode, "int8_t0") == 0)
-        o.quant = QCONVERT_INT8, o.int8_threshold = 0.0f;
-    else
-        ck_abort_msg("unknown mode %s", mode);
-    qerr err = {0};
-    qrun_status st = qconvert_run(&o, NULL, &err);
-    ck_assert_msg(st == QRUN_OK, "convert %s %s: %s", variant, mode, err.msg);
-    return p;
+    return tv_model_path(g_index, g_tmp, variant, mode);
 }
 
 static qengine *load(const char *path)

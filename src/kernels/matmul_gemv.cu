@@ -369,6 +369,8 @@ const gv_launch_fn gv_plain[3][QK_GEMV_MAX_M] = {GV_M_ROW(QDT_F32, QDT_F32),
 bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
              cudaStream_t s, qerr *err)
 {
+    if (mm_gemv_q4_mma_fits(w, T, x))
+        return mm_gemv_q4_mma(w, x, m, T, e, y, s, err);
     const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
     /* Plain weights are rounded to T only where T is narrower than the
      * storage (f32 -> f16/bf16, f16 <-> bf16); else the values are exact. */

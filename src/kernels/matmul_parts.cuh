@@ -1,7 +1,9 @@
 /* Pieces of qk_matmul shared by its files (CUDA C only):
  *  - matmul.cu          the entry points: workspace plan, cuBLAS, dispatch;
  *  - matmul_gemv.cu     decode (m <= QK_GEMV_MAX_M): fused dequantize-GEMV
- *                       for nf4/fp4 and f16/bf16/f32 weights;
+ *                       for nf4/fp4 and f16/bf16/f32 weights on CUDA cores;
+ *  - matmul_gemv_mma.cu the same for nf4/fp4 with an f16/bf16 compute dtype
+ *                       on tensor cores (the common decode case);
  *  - matmul_int8.cu     LLM.int8: activation quantizer, GEMV, int32 GEMM
  *                       fallback and the output assembly;
  *  - matmul_dequant.cu  prefill helpers: weight rows dequantized into the
@@ -91,6 +93,14 @@ __device__ __forceinline__ float mm_bias(const mm_epi &e, uint64_t n)
  * y[m, N] = round_to(x · W_Tᵀ + bias). */
 bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
              cudaStream_t s, qerr *err);
+
+/* Whether the tensor-core 4-bit GEMV takes this weight and compute dtype
+ * (nf4/fp4, T f16 or bf16, cols % 32 == 0, data and x 16-byte aligned,
+ * rows x cols < 2^32), and the GEMV itself (same contract as mm_gemv; x
+ * must hold T values). */
+bool mm_gemv_q4_mma_fits(const mm_weight &w, qdtype T, const float *x);
+bool mm_gemv_q4_mma(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e,
+                    float *y, cudaStream_t s, qerr *err);
 
 /* Flat weight elements [f0, f0 + count) as compute-dtype values (W_T) into
  * out (T-typed, 16-byte aligned). Not for int8. */

@@ -26,7 +26,8 @@
  *    cuBLAS (CUBLAS_COMPUTE_32F, no TF32: FFMA). With f16/bf16 inputs cuBLAS
  *    runs on tensor cores, whose f32 accumulation truncates instead of
  *    rounding: up to ~K/16 one-ulp steps of the running sum, biased, so
- *    1e-4 there.
+ *    1e-4 there; the same for the 4-bit GEMV with f16/bf16 compute, which
+ *    uses tensor cores when cols % 32 == 0 and x is 16-byte aligned.
  *  - round_to f16/bf16 rounds two values that differ by that much: they can
  *    land on adjacent values, one ulp of the output apart, <= 2^-10 (f16) or
  *    2^-7 (bf16) of the row's max |y|; the bound adds that.
@@ -227,7 +228,7 @@ static void tw_build(tweight *t, const wkind *kind, uint64_t N, uint64_t K, int 
 /* ---- one product --------------------------------------------------------------- */
 
 /* Largest error seen before any output rounding (round_to f32 cases), by
- * path (0: GEMV, 1: cuBLAS / int32 GEMM) and compute dtype; printed. */
+ * arithmetic (0: ordered f32 FMAs, 1: tensor cores) and compute dtype. */
 static double worst_seen[2][3];
 
 static const char *dn(qdtype t) { return qdtype_name(t); }
@@ -328,9 +329,12 @@ static void check_result(const tweight *t, const call *c, const float *got, cons
     const uint64_t N = t->h.rows, K = t->h.cols;
     const int exact = t->h.dtype == QDT_I8;
     const int path = c->m > QK_GEMV_MAX_M;
-    const double pre = (path && c->T != QDT_F32 && !exact)
-                           ? 1e-4
-                           : 1e-5 * fmax(1.0, sqrt((double)K / 1024.0));
+    const int q4 = t->h.dtype == QDT_NF4 || t->h.dtype == QDT_FP4;
+    /* tensor cores: cuBLAS with T inputs, and the 4-bit GEMV for T inputs
+     * when cols % 32 == 0 and x is aligned (matmul_gemv_mma.cu) */
+    const int tensor = c->T != QDT_F32 && !exact &&
+                       (path || (q4 && K % 32 == 0 && !c->misalign));
+    const double pre = tensor ? 1e-4 : 1e-5 * fmax(1.0, sqrt((double)K / 1024.0));
     const double ulp = c->round_to == QDT_F16 ? 0x1p-10 : c->round_to == QDT_BF16 ? 0x1p-7 : 0.0;
     const double bound = pre + ulp;
     for (int r = 0; r < c->m; r++) {
@@ -357,8 +361,8 @@ static void check_result(const tweight *t, const call *c, const float *got, cons
             merr = fmax(merr, fabs((double)g - (double)f));
         }
         double rel = mref > 0 ? merr / mref : merr;
-        if (c->round_to == QDT_F32 && !exact && rel > worst_seen[path][c->T])
-            worst_seen[path][c->T] = rel;
+        if (c->round_to == QDT_F32 && !exact && rel > worst_seen[tensor][c->T])
+            worst_seen[tensor][c->T] = rel;
         ck_assert_msg(rel <= bound,
                       "%s %s: row %d: relative error %.3g > %.3g (T %s m %d %llux%llu bs %d bias "
                       "%s round_to %s%s seed %llu)",
@@ -440,7 +444,8 @@ static void run_kind(const wkind *kind)
 static void print_worst(const char *what)
 {
     printf("gpu_matmul %s: largest error before rounding (f32 outputs), relative to max|y| per "
-           "row: gemv f32 %.2g f16 %.2g bf16 %.2g; blas f32 %.2g f16 %.2g bf16 %.2g\n",
+           "row: cuda cores f32 %.2g f16 %.2g bf16 %.2g; tensor cores f32 %.2g f16 %.2g bf16 "
+           "%.2g\n",
            what, worst_seen[0][0], worst_seen[0][1], worst_seen[0][2], worst_seen[1][0],
            worst_seen[1][1], worst_seen[1][2]);
     fflush(stdout);

@@ -363,31 +363,36 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
     if (r->layer_begin < 0 || r->layer_begin > r->layer_end || r->layer_end > m->s.n_layers)
         return qerr_set(err, QRUN_ERR_INTERNAL, "falcon: layer range [%d, %d) of %d layers",
                         r->layer_begin, r->layer_end, m->s.n_layers);
+    /* the layer's last residual add (x += pending) is folded into the next
+     * layer's first norm */
+    const qbk_buf *pending = NULL;
     for (int i = r->layer_begin; i < r->layer_end; i++) {
         if (r->cancel && atomic_load(r->cancel))
             return qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
         const int kl = i - r->layer_begin; /* the cache holds the range's layers */
         const falcon_layer *L = &m->layers[i];
-        B->norm(be, &L->ln_a, r->x, n, r->xn);
+        if (pending)
+            qbk_add_norm(B, be, &L->ln_a, r->x, pending, n, r->xn);
+        else
+            B->norm(be, &L->ln_a, r->x, n, r->xn);
         if (m->wiring == FALCON_PARALLEL_TWO)
             B->norm(be, &L->ln_m, r->x, n, r->xn2);
         FALCON_MM(&L->qkv, r->xn, r->qkv);
         B->qkv_split(be, m->layout, r->qkv, n, Hq, Hkv, m->s.head_dim, r->q, r->k, r->v);
-        if (!m->alibi) {
-            B->rope(be, &m->rope, r->seq_len, r->q, n, Hq, r->p0);
-            B->rope(be, &m->rope, r->seq_len, r->k, n, Hkv, r->p0);
-        }
-        B->kv_store(be, r->kv, kl, r->p0, n, r->k, r->v);
+        if (!m->alibi)
+            qbk_rope_store(B, be, &m->rope, r->seq_len, r->q, r->k, r->v, n, Hq, Hkv, r->p0,
+                           r->kv, kl);
+        else
+            B->kv_store(be, r->kv, kl, r->p0, n, r->k, r->v);
         B->attention(be, r->kv, kl, r->q, n, r->p0, Hq, m->slopes, r->attn);
         FALCON_MM(&L->dense, r->attn, r->tmp);
         if (m->wiring == FALCON_SEQUENTIAL) {
             /* h = x + attn; y = h + mlp(post_attention_layernorm(h)) */
-            B->add(be, r->tmp, r->x, n, r->x);
-            B->norm(be, &L->ln_m, r->x, n, r->xn);
+            qbk_add_norm(B, be, &L->ln_m, r->x, r->tmp, n, r->xn);
             FALCON_MM(&L->h_to_4h, r->xn, r->ff_a);
             B->gelu(be, r->ff_a, n);
             FALCON_MM(&L->h4_to_h, r->ff_a, r->tmp);
-            B->add(be, r->tmp, r->x, n, r->x);
+            pending = r->tmp;
         } else {
             /* transformers: mlp_output += attention_output; out = mlp_output + residual */
             const qbk_buf *mlp_in = m->wiring == FALCON_PARALLEL_TWO ? r->xn2 : r->xn;
@@ -395,9 +400,11 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
             B->gelu(be, r->ff_a, n);
             FALCON_MM(&L->h4_to_h, r->ff_a, r->xn);
             B->add(be, r->xn, r->tmp, n, r->xn);
-            B->add(be, r->xn, r->x, n, r->x);
+            pending = r->xn;
         }
     }
+    if (pending)
+        B->add(be, r->x, pending, n, r->x);
     return QRUN_OK;
 }
 

@@ -225,34 +225,40 @@ static qrun_status llama_forward(const void *model, const qmodel_run *r, qerr *e
     if (r->layer_begin < 0 || r->layer_begin > r->layer_end || r->layer_end > m->s.n_layers)
         return qerr_set(err, QRUN_ERR_INTERNAL, "llama: layer range [%d, %d) of %d layers",
                         r->layer_begin, r->layer_end, m->s.n_layers);
+    /* the MLP's residual add is folded into the next layer's first norm */
+    bool pending_add = false;
     for (int i = r->layer_begin; i < r->layer_end; i++) {
         if (r->cancel && atomic_load(r->cancel))
             return qerr_set(err, QRUN_ERR_CANCELLED, "cancelled");
         const int kl = i - r->layer_begin; /* the cache holds the range's layers */
         const llama_layer *L = &m->layers[i];
         /* h = x + o_proj(attn(rmsnorm1(x))) */
-        B->norm(be, &L->ln1, r->x, n, r->xn);
-        if (!B->matmul(be, &L->q, r->xn, n, r->q, err) ||
-            !B->matmul(be, &L->k, r->xn, n, r->k, err) ||
-            !B->matmul(be, &L->v, r->xn, n, r->v, err))
+        if (pending_add)
+            qbk_add_norm(B, be, &L->ln1, r->x, r->tmp, n, r->xn);
+        else
+            B->norm(be, &L->ln1, r->x, n, r->xn);
+        const qbk_linear *qkv_w[3] = {&L->q, &L->k, &L->v};
+        qbk_buf *qkv_y[3] = {r->q, r->k, r->v};
+        if (!qbk_matmul_multi(B, be, qkv_w, 3, r->xn, n, qkv_y, err))
             return err ? err->code : QRUN_ERR_INTERNAL;
-        B->rope(be, &m->rope, r->seq_len, r->q, n, Hq, r->p0);
-        B->rope(be, &m->rope, r->seq_len, r->k, n, Hkv, r->p0);
-        B->kv_store(be, r->kv, kl, r->p0, n, r->k, r->v);
+        qbk_rope_store(B, be, &m->rope, r->seq_len, r->q, r->k, r->v, n, Hq, Hkv, r->p0, r->kv,
+                       kl);
         B->attention(be, r->kv, kl, r->q, n, r->p0, Hq, NULL, r->attn);
         if (!B->matmul(be, &L->o, r->attn, n, r->tmp, err))
             return err ? err->code : QRUN_ERR_INTERNAL;
-        B->add(be, r->x, r->tmp, n, r->x);
         /* y = h + down(silu(gate(n2(h))) * up(n2(h))) */
-        B->norm(be, &L->ln2, r->x, n, r->xn);
-        if (!B->matmul(be, &L->gate, r->xn, n, r->ff_a, err) ||
-            !B->matmul(be, &L->up, r->xn, n, r->ff_b, err))
+        qbk_add_norm(B, be, &L->ln2, r->x, r->tmp, n, r->xn);
+        const qbk_linear *gu_w[2] = {&L->gate, &L->up};
+        qbk_buf *gu_y[2] = {r->ff_a, r->ff_b};
+        if (!qbk_matmul_multi(B, be, gu_w, 2, r->xn, n, gu_y, err))
             return err ? err->code : QRUN_ERR_INTERNAL;
         B->swiglu(be, r->ff_a, r->ff_b, n, r->ff_a);
         if (!B->matmul(be, &L->down, r->ff_a, n, r->tmp, err))
             return err ? err->code : QRUN_ERR_INTERNAL;
-        B->add(be, r->x, r->tmp, n, r->x);
+        pending_add = true;
     }
+    if (pending_add)
+        B->add(be, r->x, r->tmp, n, r->x);
     return QRUN_OK;
 }
 

@@ -176,7 +176,61 @@ typedef struct qbackend_ops {
      * host. */
     bool (*sample)(qbackend *be, const qbk_buf *logits, int row, const qbk_sample_params *p,
                    const int32_t *recent, int n_recent, uint64_t draw, int32_t *id, qerr *err);
+
+    /* Fused forms of op sequences, each optional (NULL: the models run the
+     * sequence, see the qbk_* helpers below) and each computing exactly
+     * what its sequence computes; they exist to save launches on the GPU.
+     * add_norm: x = x + t, then y = norm(x) (y != x; y may be t). */
+    void (*add_norm)(qbackend *be, const qbk_norm *nm, qbk_buf *x, const qbk_buf *t, int n,
+                     qbk_buf *y);
+    /* rope on q (n_heads) and k (n_kv_heads), then kv_store(k, v). */
+    void (*rope_store)(qbackend *be, const qrope *r, int64_t seq_len, qbk_buf *q, qbk_buf *k,
+                       const qbk_buf *v, int n, int n_heads, int n_kv_heads, int p0, qbk_kv *kv,
+                       int layer);
+    /* ys[i] = matmul(ls[i], x) for i < count (<= QBK_MATMUL_MAX_MULTI): the
+     * products of one input, such as q/k/v or gate/up. */
+    bool (*matmul_multi)(qbackend *be, const qbk_linear *const *ls, int count, const qbk_buf *x,
+                         int n, qbk_buf *const *ys, qerr *err);
 } qbackend_ops;
+
+#define QBK_MATMUL_MAX_MULTI 3
+
+static inline void qbk_add_norm(const qbackend_ops *B, qbackend *be, const qbk_norm *nm,
+                                qbk_buf *x, const qbk_buf *t, int n, qbk_buf *y)
+{
+    if (B->add_norm) {
+        B->add_norm(be, nm, x, t, n, y);
+    } else {
+        B->add(be, x, t, n, x);
+        B->norm(be, nm, x, n, y);
+    }
+}
+
+static inline void qbk_rope_store(const qbackend_ops *B, qbackend *be, const qrope *r,
+                                  int64_t seq_len, qbk_buf *q, qbk_buf *k, const qbk_buf *v,
+                                  int n, int n_heads, int n_kv_heads, int p0, qbk_kv *kv,
+                                  int layer)
+{
+    if (B->rope_store) {
+        B->rope_store(be, r, seq_len, q, k, v, n, n_heads, n_kv_heads, p0, kv, layer);
+    } else {
+        B->rope(be, r, seq_len, q, n, n_heads, p0);
+        B->rope(be, r, seq_len, k, n, n_kv_heads, p0);
+        B->kv_store(be, kv, layer, p0, n, k, v);
+    }
+}
+
+static inline bool qbk_matmul_multi(const qbackend_ops *B, qbackend *be,
+                                    const qbk_linear *const *ls, int count, const qbk_buf *x,
+                                    int n, qbk_buf *const *ys, qerr *err)
+{
+    if (B->matmul_multi)
+        return B->matmul_multi(be, ls, count, x, n, ys, err);
+    for (int i = 0; i < count; i++)
+        if (!B->matmul(be, ls[i], x, n, ys[i], err))
+            return false;
+    return true;
+}
 
 extern const qbackend_ops qbackend_cpu;
 extern const qbackend_ops qbackend_cuda; /* only in builds with QRUN_HAVE_CUDA */

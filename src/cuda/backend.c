@@ -510,28 +510,62 @@ static void cuda_embed(qbackend *be, const void *table, qdtype table_dt, int dim
     RUN(be, qk_embed(dt, table_dt, dim, be->d_step, n, be->act, out->d, be->stream, &e_));
 }
 
-static bool cuda_matmul(qbackend *be, const qbk_linear *l, const qbk_buf *x, int n, qbk_buf *y,
-                        qerr *err)
+/* l's weight and bias with device pointers. */
+static bool dev_linear(qbackend *be, const qbk_linear *l, qweight *w, const void **bias,
+                       qerr *err)
 {
-    if (!take_sticky(be, err))
-        return false;
-    qweight w = l->w;
-    const void *data, *absmax, *qabsmax, *absmax2, *dq_map, *scb, *bias;
+    *w = l->w;
+    const void *data, *absmax, *qabsmax, *absmax2, *dq_map, *scb;
     if (!dev_ptr(be, l->w.data, &data, "weight", err) ||
         !dev_ptr(be, l->w.absmax, &absmax, "weight's absmax", err) ||
         !dev_ptr(be, l->w.qabsmax, &qabsmax, "weight's qabsmax", err) ||
         !dev_ptr(be, l->w.absmax2, &absmax2, "weight's absmax2", err) ||
         !dev_ptr(be, l->w.dq_map, &dq_map, "dynamic map", err) ||
         !dev_ptr(be, l->w.scb, &scb, "weight's row scales", err) ||
-        !dev_ptr(be, l->bias, &bias, "bias", err))
+        !dev_ptr(be, l->bias, bias, "bias", err))
         return false;
-    w.data = data;
-    w.absmax = absmax;
-    w.qabsmax = qabsmax;
-    w.absmax2 = absmax2;
-    w.dq_map = dq_map;
-    w.scb = scb;
+    w->data = data;
+    w->absmax = absmax;
+    w->qabsmax = qabsmax;
+    w->absmax2 = absmax2;
+    w->dq_map = dq_map;
+    w->scb = scb;
+    return true;
+}
+
+static bool cuda_matmul(qbackend *be, const qbk_linear *l, const qbk_buf *x, int n, qbk_buf *y,
+                        qerr *err)
+{
+    if (!take_sticky(be, err))
+        return false;
+    qweight w;
+    const void *bias;
+    if (!dev_linear(be, l, &w, &bias, err))
+        return false;
     return qk_matmul(be->blas, &w, x->d, n, be->compute, l->bias_dt, bias, be->act, y->d, err);
+}
+
+static bool cuda_matmul_multi(qbackend *be, const qbk_linear *const *ls, int count,
+                              const qbk_buf *x, int n, qbk_buf *const *ys, qerr *err)
+{
+    if (!take_sticky(be, err))
+        return false;
+    if (count < 1 || count > QBK_MATMUL_MAX_MULTI)
+        return qerr_set(err, QRUN_ERR_INTERNAL, "matmul_multi: %d products", count) == QRUN_OK;
+    qweight w[QBK_MATMUL_MAX_MULTI];
+    const qweight *wp[QBK_MATMUL_MAX_MULTI];
+    const void *bias[QBK_MATMUL_MAX_MULTI];
+    qdtype bias_dt[QBK_MATMUL_MAX_MULTI];
+    float *y[QBK_MATMUL_MAX_MULTI];
+    for (int i = 0; i < count; i++) {
+        if (!dev_linear(be, ls[i], &w[i], &bias[i], err))
+            return false;
+        wp[i] = &w[i];
+        bias_dt[i] = ls[i]->bias_dt;
+        y[i] = ys[i]->d;
+    }
+    return qk_matmul_multi(be->blas, wp, count, x->d, n, be->compute, bias_dt, bias, be->act, y,
+                           err);
 }
 
 static void cuda_norm(qbackend *be, const qbk_norm *nm, const qbk_buf *x, int n, qbk_buf *y)
@@ -552,6 +586,26 @@ static void cuda_norm(qbackend *be, const qbk_norm *nm, const qbk_buf *x, int n,
                              &e_));
 }
 
+static void cuda_add_norm(qbackend *be, const qbk_norm *nm, qbk_buf *x, const qbk_buf *t, int n,
+                          qbk_buf *y)
+{
+    if (be->failed)
+        return;
+    const void *w, *b;
+    qerr e;
+    qerr_clear(&e);
+    if (!dev_ptr(be, nm->w, &w, "norm weight", &e) || !dev_ptr(be, nm->b, &b, "norm bias", &e)) {
+        stick(be, &e);
+        return;
+    }
+    if (nm->kind == QBK_RMSNORM)
+        RUN(be, qk_add_rmsnorm(x->d, t->d, y->d, n, x->cols, w, nm->dt, nm->eps, be->act,
+                               be->stream, &e_));
+    else
+        RUN(be, qk_add_layernorm(x->d, t->d, y->d, n, x->cols, w, b, nm->dt, nm->eps, be->act,
+                                 be->stream, &e_));
+}
+
 static void cuda_qkv_split(qbackend *be, qbk_qkv_layout layout, const qbk_buf *qkv, int n,
                            int n_heads, int n_kv_heads, int head_dim, qbk_buf *q, qbk_buf *k,
                            qbk_buf *v)
@@ -560,19 +614,18 @@ static void cuda_qkv_split(qbackend *be, qbk_qkv_layout layout, const qbk_buf *q
                          be->stream, &e_));
 }
 
-static void cuda_rope(qbackend *be, const qrope *r, int64_t seq_len, qbk_buf *x, int n,
-                      int n_heads, int p0)
+/* The device inverse-frequency table of r for a call of length seq_len,
+ * NULL when an error was recorded or the capture is being abandoned. */
+static const float *rope_table_for(qbackend *be, const qrope *r, int64_t seq_len)
 {
-    (void)p0; /* positions from the step */
     if (be->failed)
-        return;
+        return NULL;
     table_slot *s = slot_for(be->rope, be->n_slots, r);
     if (!s) {
         stick_msg(be, QRUN_ERR_INTERNAL, "more rotary tables than slots");
-        return;
+        return NULL;
     }
     const int half = r->p.head_dim / 2;
-    const float *inv;
     if (r->p.type == QROPE_DYNAMIC) {
         /* the base follows the call's length: recomputed per call, uploaded
          * when it changed, and never part of a graph (a replay would keep
@@ -581,16 +634,40 @@ static void cuda_rope(qbackend *be, const qrope *r, int64_t seq_len, qbk_buf *x,
         qrope_inv_freq(r, seq_len, f);
         if (be->capturing) {
             be->capture_broken = true;
-            return;
+            return NULL;
         }
-        inv = slot_set(be, s, f, half);
-    } else {
-        inv = slot_set(be, s, r->inv_freq, half);
+        return slot_set(be, s, f, half);
     }
+    return slot_set(be, s, r->inv_freq, half);
+}
+
+static void cuda_rope(qbackend *be, const qrope *r, int64_t seq_len, qbk_buf *x, int n,
+                      int n_heads, int p0)
+{
+    (void)p0; /* positions from the step */
+    const float *inv = rope_table_for(be, r, seq_len);
     if (!inv)
         return; /* error recorded or capture abandoned */
     RUN(be, qk_rope(inv, r->attention_scaling, r->p.head_dim, x->d, x->cols, n, n_heads,
                     be->d_step, be->act, be->stream, &e_));
+}
+
+static void cuda_rope_store(qbackend *be, const qrope *r, int64_t seq_len, qbk_buf *q,
+                            qbk_buf *k, const qbk_buf *v, int n, int n_heads, int n_kv_heads,
+                            int p0, qbk_kv *kv, int layer)
+{
+    (void)p0;
+    if (!be->failed && (layer < 0 || layer >= kv->n_layers ||
+                        kv->layers[layer].n_kv_heads != n_kv_heads)) {
+        stick_msg(be, QRUN_ERR_INTERNAL, "rope_store: layer or KV heads out of range");
+        return;
+    }
+    const float *inv = rope_table_for(be, r, seq_len);
+    if (!inv)
+        return;
+    RUN(be, qk_rope_store(inv, r->attention_scaling, r->p.head_dim, q->d, q->cols, n_heads, k->d,
+                          k->cols, v->d, v->cols, n, be->d_step, be->act, &kv->layers[layer],
+                          be->stream, &e_));
 }
 
 static void cuda_kv_store(qbackend *be, qbk_kv *kv, int layer, int p0, int n, const qbk_buf *k,
@@ -808,6 +885,9 @@ const qbackend_ops qbackend_cuda = {
     .swiglu = cuda_swiglu,
     .gelu = cuda_gelu,
     .add = cuda_add,
+    .add_norm = cuda_add_norm,
+    .rope_store = cuda_rope_store,
+    .matmul_multi = cuda_matmul_multi,
     .copy_rows = cuda_copy_rows,
     .to_host = cuda_to_host,
     .from_host = cuda_from_host,

@@ -24,8 +24,11 @@
 /* cuBLAS' own workspace: set explicitly so that a GEMM captured into a graph
  * never allocates. 32 MiB is what cuBLAS asks for on Hopper. */
 #define MM_BLAS_WS ((size_t)32 << 20)
-/* Upper bound of one chunk of dequantized rows (or int32 products). */
-#define MM_CHUNK_BYTES ((size_t)64 << 20)
+/* Upper bound of one chunk of dequantized rows (or int32 products): small
+ * enough that the chunk cuBLAS reads right after the dequantize kernel
+ * wrote it is still in the H100's 50 MB L2 (with x and y beside it), large
+ * enough for GEMMs of ~2000 rows x 4096. */
+#define MM_CHUNK_BYTES ((size_t)16 << 20)
 /* Shapes past this many elements in one buffer are refused (no overflow). */
 #define MM_MAX_ELEMS ((uint64_t)1 << 46)
 
@@ -306,4 +309,34 @@ bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compu
     if (m <= QK_GEMV_MAX_M)
         return mm_gemv(mw, x, m, compute, e, y, b->stream, err);
     return float_prefill(b, w, mw, x, m, compute, e, y, p, err);
+}
+
+bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const float *x, int m,
+                     qdtype compute, const qdtype *bias_dts, const void *const *biases,
+                     qdtype round_to, float *const *ys, qerr *err)
+{
+    if (count < 1 || count > 3) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: %d products in one call", count);
+        return false;
+    }
+    bool one_launch = m >= 1 && m <= QK_GEMV_MAX_M;
+    mm_weight mw[3];
+    mm_epi e[3];
+    for (int j = 0; j < count; j++) {
+        if (!check_args(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))
+            return false;
+        mw[j] = make_weight(ws[j]);
+        e[j].bias_dt = bias_dts[j];
+        e[j].bias = biases[j];
+        e[j].round_to = round_to;
+        one_launch = one_launch && mm_gemv_q4_mma_fits(mw[j], compute, x) &&
+                     mw[j].dtype == mw[0].dtype && mw[j].K == mw[0].K &&
+                     !mw[j].absmax == !mw[0].absmax;
+    }
+    if (one_launch)
+        return mm_gemv_q4_mma_multi(mw, e, ys, count, x, m, compute, b->stream, err);
+    for (int j = 0; j < count; j++)
+        if (!qk_matmul(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))
+            return false;
+    return true;
 }

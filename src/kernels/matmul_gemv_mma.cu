@@ -28,6 +28,8 @@
  * own columns, row g of x being MMA column n = g (zero for g >= m).
  * The warps' partial tiles are added in warp order through shared memory,
  * and warp 0 adds the bias and rounds as the other GEMV kernels do. */
+#include <string.h>
+
 #include "kernels/matmul_parts.cuh"
 
 namespace {
@@ -143,26 +145,17 @@ __device__ __forceinline__ void mq_load(const mm_weight &w, const float *dqm, ui
 /* W warps per block: 8, or 16 where the rows give fewer than two blocks
  * per SM (a 4096-row weight has 128 blocks): the loads in flight per SM,
  * not the instruction count, then decide the speed. */
+/* The product of one weight for the block's 32 rows (row block `blk`). */
 template <int T, int W>
-__global__ void __launch_bounds__(W * 32, 16 / W)
-    gemv_q4_mma(mm_weight w, const float *__restrict__ x, int m, mm_epi e,
-                float *__restrict__ y)
+__device__ __forceinline__ void mq_block(const mm_weight &w, const float *__restrict__ x, int m,
+                                         const mm_epi &e, float *__restrict__ y, uint32_t blk,
+                                         uint32_t lutb, const float *dqm,
+                                         float (*part)[8][32])
 {
-    __shared__ __align__(256) float lut[16];
-    __shared__ float dqm[256];
-    __shared__ float part[W - 1][8][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    if (threadIdx.x < 16)
-        lut[threadIdx.x] = w.lut[threadIdx.x];
-    if (!w.absmax)
-        for (int i = threadIdx.x; i < 256; i += W * 32)
-            dqm[i] = __ldg(w.dq_map + i);
-    __syncthreads();
-
-    const uint32_t lutb = (uint32_t)__cvta_generic_to_shared(lut);
     const uint32_t K = (uint32_t)w.K;
-    const uint32_t row0 = blockIdx.x * MQ_ROWS + g;
+    const uint32_t row0 = blk * MQ_ROWS + g;
     const uint32_t nsteps = (K + MQ_STEP - 1) / MQ_STEP;
     float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
     uint32_t st = warp;
@@ -226,18 +219,45 @@ __global__ void __launch_bounds__(W * 32, 16 / W)
     }
 }
 
-} /* namespace */
+/* Up to MQ_MAX_JOBS products of the same x in one launch (q/k/v, gate/up):
+ * job j owns blocks [first[j], first[j + 1]). The jobs share the storage
+ * type, double quantization or not, and K (mm_gemv_q4_mma_multi checks),
+ * so the code book and the dynamic map come from job 0. */
+constexpr int MQ_MAX_JOBS = 3;
+struct mq_jobs {
+    mm_weight w[MQ_MAX_JOBS];
+    mm_epi e[MQ_MAX_JOBS];
+    float *y[MQ_MAX_JOBS];
+    unsigned first[MQ_MAX_JOBS + 1];
+};
 
-bool mm_gemv_q4_mma_fits(const mm_weight &w, qdtype T, const float *x)
+template <int T, int W>
+__global__ void __launch_bounds__(W * 32, 16 / W)
+    gemv_q4_mma(const __grid_constant__ mq_jobs jobs, const float *__restrict__ x, int m)
 {
-    return (uintptr_t)x % 16 == 0 && (w.dtype == QDT_NF4 || w.dtype == QDT_FP4) && (T == QDT_F16 || T == QDT_BF16) &&
-           w.K % 32 == 0 && (uintptr_t)w.data % 16 == 0 && w.N * w.K < ((uint64_t)1 << 32);
+    __shared__ __align__(256) float lut[16];
+    __shared__ float dqm[256];
+    __shared__ float part[W - 1][8][32];
+    if (threadIdx.x < 16)
+        lut[threadIdx.x] = jobs.w[0].lut[threadIdx.x];
+    if (!jobs.w[0].absmax)
+        for (int i = threadIdx.x; i < 256; i += W * 32)
+            dqm[i] = __ldg(jobs.w[0].dq_map + i);
+    __syncthreads();
+    const uint32_t lutb = (uint32_t)__cvta_generic_to_shared(lut);
+    const unsigned b = blockIdx.x;
+    /* constant job indices keep the parameters in parameter space */
+    if (b < jobs.first[1])
+        mq_block<T, W>(jobs.w[0], x, m, jobs.e[0], jobs.y[0], b, lutb, dqm, part);
+    else if (b < jobs.first[2])
+        mq_block<T, W>(jobs.w[1], x, m, jobs.e[1], jobs.y[1], b - jobs.first[1], lutb, dqm, part);
+    else
+        mq_block<T, W>(jobs.w[2], x, m, jobs.e[2], jobs.y[2], b - jobs.first[2], lutb, dqm, part);
 }
 
-bool mm_gemv_q4_mma(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e,
-                    float *y, cudaStream_t s, qerr *err)
+bool mq_launch(const mq_jobs &jobs, const float *x, int m, qdtype T, cudaStream_t s, qerr *err)
 {
-    const unsigned blocks = qk_div_up(w.N, MQ_ROWS);
+    const unsigned blocks = jobs.first[MQ_MAX_JOBS];
     int dev = 0, sms = 0;
     if (!qk_ok(cudaGetDevice(&dev), "matmul: cudaGetDevice", err) ||
         !qk_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev),
@@ -246,14 +266,59 @@ bool mm_gemv_q4_mma(const mm_weight &w, const float *x, int m, qdtype T, const m
     const bool wide = blocks < 2u * (unsigned)sms;
     if (T == QDT_F16) {
         if (wide)
-            gemv_q4_mma<QDT_F16, 16><<<blocks, 512, 0, s>>>(w, x, m, e, y);
+            gemv_q4_mma<QDT_F16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);
         else
-            gemv_q4_mma<QDT_F16, 8><<<blocks, 256, 0, s>>>(w, x, m, e, y);
+            gemv_q4_mma<QDT_F16, 8><<<blocks, 256, 0, s>>>(jobs, x, m);
     } else {
         if (wide)
-            gemv_q4_mma<QDT_BF16, 16><<<blocks, 512, 0, s>>>(w, x, m, e, y);
+            gemv_q4_mma<QDT_BF16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);
         else
-            gemv_q4_mma<QDT_BF16, 8><<<blocks, 256, 0, s>>>(w, x, m, e, y);
+            gemv_q4_mma<QDT_BF16, 8><<<blocks, 256, 0, s>>>(jobs, x, m);
     }
     return qk_launched("matmul: gemv_q4_mma", err);
+}
+
+} /* namespace */
+
+bool mm_gemv_q4_mma_fits(const mm_weight &w, qdtype T, const float *x)
+{
+    return (uintptr_t)x % 16 == 0 && (w.dtype == QDT_NF4 || w.dtype == QDT_FP4) &&
+           (T == QDT_F16 || T == QDT_BF16) && w.K % 32 == 0 && (uintptr_t)w.data % 16 == 0 &&
+           w.N * w.K < ((uint64_t)1 << 32);
+}
+
+bool mm_gemv_q4_mma_multi(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                          const float *x, int m, qdtype T, cudaStream_t s, qerr *err)
+{
+    if (count < 1 || count > MQ_MAX_JOBS) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: %d products in one launch", count);
+        return false;
+    }
+    for (int j = 0; j < count; j++)
+        if (!mm_gemv_q4_mma_fits(ws[j], T, x) || ws[j].dtype != ws[0].dtype ||
+            ws[j].K != ws[0].K || !ws[j].absmax != !ws[0].absmax) {
+            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                     "matmul: product %d does not share the launch's weight kind", j);
+            return false;
+        }
+    mq_jobs jobs;
+    memset(&jobs, 0, sizeof jobs);
+    unsigned first = 0;
+    for (int j = 0; j < MQ_MAX_JOBS; j++) {
+        jobs.first[j] = first;
+        if (j < count) {
+            jobs.w[j] = ws[j];
+            jobs.e[j] = es[j];
+            jobs.y[j] = ys[j];
+            first += qk_div_up(ws[j].N, MQ_ROWS);
+        }
+    }
+    jobs.first[MQ_MAX_JOBS] = first;
+    return mq_launch(jobs, x, m, T, s, err);
+}
+
+bool mm_gemv_q4_mma(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e,
+                    float *y, cudaStream_t s, qerr *err)
+{
+    return mm_gemv_q4_mma_multi(&w, &e, &y, 1, x, m, T, s, err);
 }

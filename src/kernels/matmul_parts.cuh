@@ -101,6 +101,10 @@ bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &
 bool mm_gemv_q4_mma_fits(const mm_weight &w, qdtype T, const float *x);
 bool mm_gemv_q4_mma(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e,
                     float *y, cudaStream_t s, qerr *err);
+/* Several such products of one x in one launch (count <= 3; the weights
+ * share dtype, double quantization and cols, and each fits). */
+bool mm_gemv_q4_mma_multi(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                          const float *x, int m, qdtype T, cudaStream_t s, qerr *err);
 
 /* Flat weight elements [f0, f0 + count) as compute-dtype values (W_T) into
  * out (T-typed, 16-byte aligned). Not for int8. */

@@ -1,5 +1,7 @@
 /* RMSNorm and LayerNorm on the GPU: cpu_rmsnorm / cpu_layernorm
- * (src/cpu/ops.c) with one block per row.
+ * (src/cpu/ops.c) with one block per row, optionally preceded by the
+ * residual add that feeds them (cpu_add; qk_add_rmsnorm / qk_add_layernorm),
+ * which saves a launch per norm in decode.
  *
  * Each thread loads its share of the row into registers once (float4 loads
  * when the row allows them), so the row is read from memory once and written
@@ -87,17 +89,40 @@ __device__ static void store_vec(float *p, const float *o)
         p[0] = o[0];
 }
 
-/* y may equal x: every element is read and written by the same thread. */
+/* With a residual addend t (qk_add_*norm): v = act(v + t) as cpu_add, and
+ * the sum written back over x, the residual stream, before the norm. */
 template <int V, int C>
-__global__ void __launch_bounds__(NORM_MAX_THREADS) rmsnorm_kernel(const float *x, float *y, int dim, const void *w, qdtype w_dt,
-                               float eps, qdtype act)
+__device__ static void add_residual(float *xr, const float *tr, int dim, qdtype act,
+                                    float (&v)[C * V])
+{
+    float tv[C * V];
+    load_row<V, C>(tr, dim, tv);
+#pragma unroll
+    for (int j = 0; j < C * V; j++)
+        v[j] = qk_round(__fadd_rn(v[j], tv[j]), act);
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        int i = (c * (int)blockDim.x + (int)threadIdx.x) * V;
+        if (i < dim)
+            store_vec<V>(xr + i, &v[c * V]);
+    }
+}
+
+/* y may equal x (or t): every element is read and written by the same
+ * thread. t: NULL, or the residual addend (x = act(x + t) first). */
+template <int V, int C>
+__global__ void __launch_bounds__(NORM_MAX_THREADS)
+    rmsnorm_kernel(float *x, const float *t, float *y, int dim, const void *w, qdtype w_dt,
+                   float eps, qdtype act)
 {
     __shared__ float red[32];
     const size_t row = blockIdx.x;
-    const float *xr = x + row * (size_t)dim;
+    float *xr = x + row * (size_t)dim;
     float *yr = y + row * (size_t)dim;
     float v[C * V];
     load_row<V, C>(xr, dim, v);
+    if (t)
+        add_residual<V, C>(xr, t + row * (size_t)dim, dim, act, v);
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < C * V; j++)
@@ -122,15 +147,18 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS) rmsnorm_kernel(const float *
 }
 
 template <int V, int C>
-__global__ void __launch_bounds__(NORM_MAX_THREADS) layernorm_kernel(const float *x, float *y, int dim, const void *w, const void *b,
-                                 qdtype wb_dt, float eps, qdtype act)
+__global__ void __launch_bounds__(NORM_MAX_THREADS)
+    layernorm_kernel(float *x, const float *t, float *y, int dim, const void *w, const void *b,
+                     qdtype wb_dt, float eps, qdtype act)
 {
     __shared__ float red[32];
     const size_t row = blockIdx.x;
-    const float *xr = x + row * (size_t)dim;
+    float *xr = x + row * (size_t)dim;
     float *yr = y + row * (size_t)dim;
     float v[C * V];
     load_row<V, C>(xr, dim, v);
+    if (t)
+        add_residual<V, C>(xr, t + row * (size_t)dim, dim, act, v);
     float s = 0.0f;
 #pragma unroll
     for (int j = 0; j < C * V; j++)
@@ -175,14 +203,15 @@ typedef struct norm_shape {
     int v, c, threads;
 } norm_shape;
 
-static bool norm_plan(const char *what, const float *x, const float *y, int n_rows, int dim,
-                      norm_shape *sh, qerr *err)
+static bool norm_plan(const char *what, const float *x, const float *t, const float *y,
+                      int n_rows, int dim, norm_shape *sh, qerr *err)
 {
     if (n_rows < 0 || dim <= 0) {
         qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "%s: %d rows of %d", what, n_rows, dim);
         return false;
     }
-    bool vec = dim % 4 == 0 && ((uintptr_t)x & 15u) == 0 && ((uintptr_t)y & 15u) == 0;
+    bool vec = dim % 4 == 0 && ((uintptr_t)x & 15u) == 0 && ((uintptr_t)y & 15u) == 0 &&
+               ((uintptr_t)t & 15u) == 0;
     sh->v = vec ? 4 : 1;
     int units = dim / sh->v + (dim % sh->v != 0);
     sh->c = 1;
@@ -216,27 +245,43 @@ static bool norm_plan(const char *what, const float *x, const float *y, int n_ro
         }                                                                                     \
     } while (0)
 
-extern "C" bool qk_rmsnorm(const float *x, float *y, int n_rows, int dim, const void *w,
-                           qdtype w_dt, float eps, qdtype act, cudaStream_t s, qerr *err)
+extern "C" bool qk_add_rmsnorm(float *x, const float *t, float *y, int n_rows, int dim,
+                               const void *w, qdtype w_dt, float eps, qdtype act, cudaStream_t s,
+                               qerr *err)
 {
     norm_shape sh;
-    if (!norm_plan("qk_rmsnorm", x, y, n_rows, dim, &sh, err))
+    if (!norm_plan("qk_rmsnorm", x, t, y, n_rows, dim, &sh, err))
         return false;
     if (n_rows == 0)
         return true;
-    NORM_DISPATCH(rmsnorm_kernel, sh, n_rows, s, x, y, dim, w, w_dt, eps, act);
+    NORM_DISPATCH(rmsnorm_kernel, sh, n_rows, s, x, t, y, dim, w, w_dt, eps, act);
     return qk_launched("qk_rmsnorm", err);
+}
+
+extern "C" bool qk_add_layernorm(float *x, const float *t, float *y, int n_rows, int dim,
+                                 const void *w, const void *b, qdtype wb_dt, float eps,
+                                 qdtype act, cudaStream_t s, qerr *err)
+{
+    norm_shape sh;
+    if (!norm_plan("qk_layernorm", x, t, y, n_rows, dim, &sh, err))
+        return false;
+    if (n_rows == 0)
+        return true;
+    NORM_DISPATCH(layernorm_kernel, sh, n_rows, s, x, t, y, dim, w, b, wb_dt, eps, act);
+    return qk_launched("qk_layernorm", err);
+}
+
+/* Without an addend x is only read (the kernels write it back only when t
+ * is given). */
+extern "C" bool qk_rmsnorm(const float *x, float *y, int n_rows, int dim, const void *w,
+                           qdtype w_dt, float eps, qdtype act, cudaStream_t s, qerr *err)
+{
+    return qk_add_rmsnorm((float *)x, NULL, y, n_rows, dim, w, w_dt, eps, act, s, err);
 }
 
 extern "C" bool qk_layernorm(const float *x, float *y, int n_rows, int dim, const void *w,
                              const void *b, qdtype wb_dt, float eps, qdtype act, cudaStream_t s,
                              qerr *err)
 {
-    norm_shape sh;
-    if (!norm_plan("qk_layernorm", x, y, n_rows, dim, &sh, err))
-        return false;
-    if (n_rows == 0)
-        return true;
-    NORM_DISPATCH(layernorm_kernel, sh, n_rows, s, x, y, dim, w, b, wb_dt, eps, act);
-    return qk_launched("qk_layernorm", err);
+    return qk_add_layernorm((float *)x, NULL, y, n_rows, dim, w, b, wb_dt, eps, act, s, err);
 }

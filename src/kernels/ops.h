@@ -32,6 +32,13 @@ bool qk_rmsnorm(const float *x, float *y, int n_rows, int dim, const void *w, qd
                 float eps, qdtype act, cudaStream_t s, qerr *err);
 bool qk_layernorm(const float *x, float *y, int n_rows, int dim, const void *w, const void *b,
                   qdtype wb_dt, float eps, qdtype act, cudaStream_t s, qerr *err);
+/* x = act(x + t) as cpu_add, then the norm of x into y, in one launch (y
+ * may equal t, not x). */
+bool qk_add_rmsnorm(float *x, const float *t, float *y, int n_rows, int dim, const void *w,
+                    qdtype w_dt, float eps, qdtype act, cudaStream_t s, qerr *err);
+bool qk_add_layernorm(float *x, const float *t, float *y, int n_rows, int dim, const void *w,
+                      const void *b, qdtype wb_dt, float eps, qdtype act, cudaStream_t s,
+                      qerr *err);
 
 /* cpu_rope in place: n_tokens rows of x (row stride ld floats), n_heads heads
  * of head_dim each; token t is at position step->p0 + t. inv_freq: device
@@ -40,6 +47,14 @@ bool qk_layernorm(const float *x, float *y, int n_rows, int dim, const void *w, 
 bool qk_rope(const float *inv_freq, float scaling, int head_dim, float *x, int ld, int n_tokens,
              int n_heads, const qk_step *step, qdtype act, cudaStream_t s, qerr *err);
 
+/* qk_rope on q (n_heads heads, row stride ld_q) and on k (the cache's
+ * n_kv_heads), then qk_kv_store of the rotated k and of v into `kv` at the
+ * tokens' positions: one launch for the three steps of decode. */
+struct qk_kv_layer;
+bool qk_rope_store(const float *inv_freq, float scaling, int head_dim, float *q, int ld_q,
+                   int n_heads, float *k, int ld_k, const float *v, int ld_v, int n_tokens,
+                   const qk_step *step, qdtype act, const struct qk_kv_layer *kv, cudaStream_t s,
+                   qerr *err);
 /* cpu_swiglu, cpu_gelu, cpu_add over n elements (aliasing as there). */
 bool qk_swiglu(float *out, const float *gate, const float *up, size_t n, qdtype act,
                cudaStream_t s, qerr *err);

@@ -501,6 +501,77 @@ START_TEST(large_shape_matches_cpu)
 }
 END_TEST
 
+/* qk_matmul_multi: three products of one x (q/k/v shapes: different rows,
+ * same cols) equal three qk_matmul calls bit for bit, whether they share
+ * one tensor-core launch (4-bit, f16/bf16 compute, m <= 8) or not (m 9,
+ * f32 compute, f16 weights, mixed kinds). */
+START_TEST(multi_equals_separate)
+{
+    static const struct {
+        const wkind *k0, *k1;
+        qdtype T;
+        int m;
+    } cases[] = {
+        {&K_NF4, &K_NF4, QDT_F16, 1}, {&K_NF4DQ, &K_NF4DQ, QDT_BF16, 3},
+        {&K_FP4, &K_FP4, QDT_F16, 8}, {&K_NF4, &K_NF4, QDT_F16, 9},
+        {&K_NF4, &K_NF4, QDT_F32, 1}, {&K_F16, &K_F16, QDT_F16, 1},
+        {&K_NF4, &K_NF4DQ, QDT_F16, 1},
+    };
+    /* K % 128 == 64: the last column step is half full */
+    const uint64_t K = quick ? 960 : 4160, Ns[3] = {96, 40, 200};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        tweight t[3];
+        const qweight *ws[3];
+        float *ys[3], *yref[3];
+        const void *biases[3];
+        qdtype bias_dts[3] = {QDT_F32, QDT_F16, QDT_BF16};
+        void *db[3];
+        const int m = cases[ci].m;
+        const qdtype T = cases[ci].T;
+        for (int j = 0; j < 3; j++) {
+            tw_build(&t[j], j == 2 ? cases[ci].k1 : cases[ci].k0, Ns[j], K, 64);
+            ws[j] = &t[j].d;
+            void *hb = make_bias(bias_dts[j], Ns[j]);
+            CUDA_OK(cudaMalloc(&db[j], Ns[j] * 4));
+            CUDA_OK(cudaMemcpy(db[j], hb, Ns[j] * 4, cudaMemcpyHostToDevice));
+            free(hb);
+            biases[j] = j == 1 ? NULL : db[j];
+            CUDA_OK(cudaMalloc((void **)&ys[j], (size_t)m * Ns[j] * 4));
+            CUDA_OK(cudaMalloc((void **)&yref[j], (size_t)m * Ns[j] * 4));
+            CUDA_OK(cudaMemset(ys[j], 0xff, (size_t)m * Ns[j] * 4));
+        }
+        float *x = make_x(&t[0], T, m, (int)ci), *dx;
+        CUDA_OK(cudaMalloc((void **)&dx, (size_t)m * K * 4));
+        CUDA_OK(cudaMemcpy(dx, x, (size_t)m * K * 4, cudaMemcpyHostToDevice));
+        qerr err = {0};
+        for (int j = 0; j < 3; j++)
+            ck_assert_msg(qk_matmul(blas, ws[j], dx, m, T, bias_dts[j], biases[j], T, yref[j],
+                                    &err),
+                          "qk_matmul: %s", err.msg);
+        ck_assert_msg(qk_matmul_multi(blas, ws, 3, dx, m, T, bias_dts, biases, T, ys, &err),
+                      "qk_matmul_multi: %s", err.msg);
+        CUDA_OK(cudaStreamSynchronize(stream));
+        for (int j = 0; j < 3; j++) {
+            size_t ny = (size_t)m * Ns[j];
+            float *a = malloc(ny * 4), *b = malloc(ny * 4);
+            CUDA_OK(cudaMemcpy(a, yref[j], ny * 4, cudaMemcpyDeviceToHost));
+            CUDA_OK(cudaMemcpy(b, ys[j], ny * 4, cudaMemcpyDeviceToHost));
+            ck_assert_msg(memcmp(a, b, ny * 4) == 0,
+                          "case %zu product %d: multi differs from a single call (%s, T %s, m %d)",
+                          ci, j, t[j].kind->name, dn(T), m);
+            free(a);
+            free(b);
+            cudaFree(ys[j]);
+            cudaFree(yref[j]);
+            cudaFree(db[j]);
+            tw_free(&t[j]);
+        }
+        cudaFree(dx);
+        free(x);
+    }
+}
+END_TEST
+
 /* qk_matmul captured into a graph (no allocation or synchronization inside;
  * cuBLAS on its preset workspace), replayed twice with new x. */
 START_TEST(graph_replay_matches_cpu)
@@ -631,6 +702,7 @@ int main(void)
     tcase_add_test(tc, plain_matches_cpu);
     tcase_add_test(tc, large_shape_matches_cpu);
     tcase_add_test(tc, graph_replay_matches_cpu);
+    tcase_add_test(tc, multi_equals_separate);
     tcase_add_test(tc, bad_arguments_refused);
     suite_add_tcase(s, tc);
     /* The CUDA driver is initialized above and a forked child cannot use

@@ -33,6 +33,7 @@
 #include "cpu/ops.h"
 #include "cuda/device.h"
 #include "dtype.h"
+#include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "testutil.h"
 
@@ -364,6 +365,73 @@ START_TEST(layernorm_matches_cpu)
 }
 END_TEST
 
+/* qk_add_rmsnorm / qk_add_layernorm equal qk_add followed by the norm, bit
+ * for bit (the same operations in one launch), for the new residual x and
+ * for y; y may be the addend itself (Falcon's parallel blocks). */
+static void run_add_norm(bool layer, const norm_case *c, qdtype act, bool y_is_t)
+{
+    const int rows = c->rows, dim = c->dim;
+    const size_t n = (size_t)rows * dim;
+    const float eps = layer ? 1e-5f : 1e-6f;
+    float *x = frand(n, 2.0f, 0.0f), *t = frand(n, 1.0f, 0.5f);
+    float *wv = frand((size_t)dim, 0.1f, 1.0f), *bv = frand((size_t)dim, 0.1f, 0.0f);
+    void *w = as_dtype(wv, (size_t)dim, act), *b = as_dtype(bv, (size_t)dim, act);
+    void *dw = dcopy(w, (size_t)dim * dt_size(act)), *db = dcopy(b, (size_t)dim * dt_size(act));
+    /* the sequence */
+    float *sx = dcopy(x, n * 4), *st = dcopy(t, n * 4), *sy = dpoison(n * 4);
+    LAUNCH_OK(qk_add(sx, sx, st, n, act, stream, &err));
+    if (layer)
+        LAUNCH_OK(qk_layernorm(sx, sy, rows, dim, dw, db, act, eps, act, stream, &err));
+    else
+        LAUNCH_OK(qk_rmsnorm(sx, sy, rows, dim, dw, act, eps, act, stream, &err));
+    /* the fused launch */
+    float *fx = dcopy(x, n * 4), *ft = dcopy(t, n * 4), *fy = y_is_t ? ft : dpoison(n * 4);
+    if (layer)
+        LAUNCH_OK(qk_add_layernorm(fx, ft, fy, rows, dim, dw, db, act, eps, act, stream, &err));
+    else
+        LAUNCH_OK(qk_add_rmsnorm(fx, ft, fy, rows, dim, dw, act, eps, act, stream, &err));
+    float *a = hmalloc(n * 4), *bb = hmalloc(n * 4);
+    char what[128];
+    snprintf(what, sizeof what, "add+%s %dx%d act %s%s: residual", layer ? "layernorm" : "rmsnorm",
+             rows, dim, qdtype_name(act), y_is_t ? " (y = t)" : "");
+    fetch(a, sx, n * 4);
+    fetch(bb, fx, n * 4);
+    check_bitwise(what, bb, a, n);
+    snprintf(what, sizeof what, "add+%s %dx%d act %s%s: output", layer ? "layernorm" : "rmsnorm",
+             rows, dim, qdtype_name(act), y_is_t ? " (y = t)" : "");
+    fetch(a, sy, n * 4);
+    fetch(bb, fy, n * 4);
+    check_bitwise(what, bb, a, n);
+    cudaFree(sx);
+    cudaFree(st);
+    cudaFree(sy);
+    cudaFree(fx);
+    cudaFree(ft);
+    if (!y_is_t)
+        cudaFree(fy);
+    cudaFree(dw);
+    cudaFree(db);
+    free(x);
+    free(t);
+    free(wv);
+    free(bv);
+    free(w);
+    free(b);
+    free(a);
+    free(bb);
+}
+
+START_TEST(add_norm_equals_add_then_norm)
+{
+    int k = 0;
+    for (int ci = 0; ci < n_norm_cases(); ci++)
+        for (int ai = 0; ai < 3; ai++, k++) {
+            run_add_norm(false, &norm_cases[ci], acts[ai], k % 2 == 1);
+            run_add_norm(true, &norm_cases[ci], acts[ai], k % 2 == 0);
+        }
+}
+END_TEST
+
 /* ---- rotary ------------------------------------------------------------- */
 
 static qrope make_rope(qrope_type type, int head_dim)
@@ -460,6 +528,80 @@ START_TEST(rope_matches_cpu)
             /* head_dim 80 with the float4 path */
             run_rope(t, 80, 5, 6 * 80, 4, p0s[ti] + 2, act);
         }
+}
+END_TEST
+
+/* qk_rope_store equals qk_rope on q, qk_rope on k and qk_kv_store, bit for
+ * bit: q, k and both caches (f16 and f32), at the token positions only. */
+static void run_rope_store(int head_dim, int hq, int hkv, int n_tokens, int p0, qdtype act,
+                           qdtype kv_dt, bool odd_ld)
+{
+    const qrope r = make_rope(QROPE_DEFAULT, head_dim);
+    const int half = head_dim / 2, n_ctx = p0 + n_tokens + 5;
+    float inv[CPU_MAX_HEAD_DIM / 2];
+    qrope_inv_freq(&r, p0 + n_tokens, inv);
+    const int ld_q = hq * head_dim + (odd_ld ? 3 : 0), ld_k = hkv * head_dim + (odd_ld ? 1 : 0);
+    const size_t nq = (size_t)n_tokens * ld_q, nk = (size_t)n_tokens * ld_k;
+    float *q = frand(nq, 1.0f, 0.0f), *k = frand(nk, 1.0f, 0.0f), *v = frand(nk, 1.0f, 0.0f);
+    float *dinv = dcopy(inv, (size_t)half * 4);
+    qk_step *st = dstep(p0, n_tokens, NULL);
+    const size_t cache = (size_t)hkv * n_ctx * head_dim * dt_size(kv_dt);
+    qk_kv_layer a = {dpoison(cache), dpoison(cache), kv_dt, hkv, n_ctx, head_dim};
+    qk_kv_layer b = {dpoison(cache), dpoison(cache), kv_dt, hkv, n_ctx, head_dim};
+    CUDA_OK(cudaMemset(a.k, 0, cache));
+    CUDA_OK(cudaMemset(a.v, 0, cache));
+    CUDA_OK(cudaMemset(b.k, 0, cache));
+    CUDA_OK(cudaMemset(b.v, 0, cache));
+    float *aq = dcopy(q, nq * 4), *ak = dcopy(k, nk * 4), *av = dcopy(v, nk * 4);
+    float *bq = dcopy(q, nq * 4), *bk = dcopy(k, nk * 4), *bv = dcopy(v, nk * 4);
+    LAUNCH_OK(qk_rope(dinv, r.attention_scaling, head_dim, aq, ld_q, n_tokens, hq, st, act,
+                      stream, &err));
+    LAUNCH_OK(qk_rope(dinv, r.attention_scaling, head_dim, ak, ld_k, n_tokens, hkv, st, act,
+                      stream, &err));
+    LAUNCH_OK(qk_kv_store(&a, st, n_tokens, ak, ld_k, av, ld_k, stream, &err));
+    LAUNCH_OK(qk_rope_store(dinv, r.attention_scaling, head_dim, bq, ld_q, hq, bk, ld_k, bv, ld_k,
+                            n_tokens, st, act, &b, stream, &err));
+    char what[160];
+    snprintf(what, sizeof what, "rope_store D %d heads %d/%d tokens %d p0 %d act %s kv %s%s",
+             head_dim, hq, hkv, n_tokens, p0, qdtype_name(act), qdtype_name(kv_dt),
+             odd_ld ? " odd strides" : "");
+    float *ha = hmalloc(nq * 4), *hb = hmalloc(nq * 4);
+    fetch(ha, aq, nq * 4);
+    fetch(hb, bq, nq * 4);
+    check_bitwise(what, hb, ha, nq);
+    fetch(ha, ak, nk * 4);
+    fetch(hb, bk, nk * 4);
+    check_bitwise(what, hb, ha, nk);
+    unsigned char *ca = hmalloc(cache), *cb = hmalloc(cache);
+    fetch(ca, a.k, cache);
+    fetch(cb, b.k, cache);
+    ck_assert_msg(memcmp(ca, cb, cache) == 0, "%s: K caches differ", what);
+    fetch(ca, a.v, cache);
+    fetch(cb, b.v, cache);
+    ck_assert_msg(memcmp(ca, cb, cache) == 0, "%s: V caches differ", what);
+    void *bufs[] = {a.k, a.v, b.k, b.v, aq, ak, av, bq, bk, bv, dinv, st};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        cudaFree(bufs[i]);
+    free(q);
+    free(k);
+    free(v);
+    free(ha);
+    free(hb);
+    free(ca);
+    free(cb);
+}
+
+START_TEST(rope_store_equals_rope_and_store)
+{
+    for (int ai = 0; ai < 3; ai++) {
+        /* decode of Llama-2-7B (MHA), of a GQA model, of Falcon-7B (MQA, 71 heads) */
+        run_rope_store(128, 32, 32, 1, 300, acts[ai], QDT_F16, false);
+        run_rope_store(128, 32, 8, 1, 17, acts[ai], QDT_F32, false);
+        run_rope_store(64, 71, 1, 1, 1000, acts[ai], QDT_F16, false);
+        /* a few prompt tokens; scalar path with odd strides and head_dim 80 */
+        run_rope_store(64, 8, 2, quick ? 3 : 37, 5, acts[ai], QDT_F16, false);
+        run_rope_store(80, 5, 5, 4, 9, acts[ai], QDT_F16, true);
+    }
 }
 END_TEST
 
@@ -738,6 +880,8 @@ int main(void)
     tcase_add_test(tc, rmsnorm_matches_cpu);
     tcase_add_test(tc, layernorm_matches_cpu);
     tcase_add_test(tc, rope_matches_cpu);
+    tcase_add_test(tc, add_norm_equals_add_then_norm);
+    tcase_add_test(tc, rope_store_equals_rope_and_store);
     tcase_add_test(tc, swiglu_matches_cpu);
     tcase_add_test(tc, gelu_matches_cpu);
     tcase_add_test(tc, add_matches_cpu);

@@ -568,7 +568,10 @@ static bool cuda_matmul_multi(qbackend *be, const qbk_linear *const *ls, int cou
                            err);
 }
 
-static void cuda_norm(qbackend *be, const qbk_norm *nm, const qbk_buf *x, int n, qbk_buf *y)
+/* y = norm(x), after x = x + t when t is given (the kernels write x back
+ * only then). */
+static void run_norm(qbackend *be, const qbk_norm *nm, float *x, const float *t, int n, int dim,
+                     float *y)
 {
     if (be->failed)
         return;
@@ -580,30 +583,21 @@ static void cuda_norm(qbackend *be, const qbk_norm *nm, const qbk_buf *x, int n,
         return;
     }
     if (nm->kind == QBK_RMSNORM)
-        RUN(be, qk_rmsnorm(x->d, y->d, n, x->cols, w, nm->dt, nm->eps, be->act, be->stream, &e_));
+        RUN(be, qk_add_rmsnorm(x, t, y, n, dim, w, nm->dt, nm->eps, be->act, be->stream, &e_));
     else
-        RUN(be, qk_layernorm(x->d, y->d, n, x->cols, w, b, nm->dt, nm->eps, be->act, be->stream,
-                             &e_));
+        RUN(be, qk_add_layernorm(x, t, y, n, dim, w, b, nm->dt, nm->eps, be->act, be->stream,
+                                 &e_));
+}
+
+static void cuda_norm(qbackend *be, const qbk_norm *nm, const qbk_buf *x, int n, qbk_buf *y)
+{
+    run_norm(be, nm, x->d, NULL, n, x->cols, y->d);
 }
 
 static void cuda_add_norm(qbackend *be, const qbk_norm *nm, qbk_buf *x, const qbk_buf *t, int n,
                           qbk_buf *y)
 {
-    if (be->failed)
-        return;
-    const void *w, *b;
-    qerr e;
-    qerr_clear(&e);
-    if (!dev_ptr(be, nm->w, &w, "norm weight", &e) || !dev_ptr(be, nm->b, &b, "norm bias", &e)) {
-        stick(be, &e);
-        return;
-    }
-    if (nm->kind == QBK_RMSNORM)
-        RUN(be, qk_add_rmsnorm(x->d, t->d, y->d, n, x->cols, w, nm->dt, nm->eps, be->act,
-                               be->stream, &e_));
-    else
-        RUN(be, qk_add_layernorm(x->d, t->d, y->d, n, x->cols, w, b, nm->dt, nm->eps, be->act,
-                                 be->stream, &e_));
+    run_norm(be, nm, x->d, t->d, n, x->cols, y->d);
 }
 
 static void cuda_qkv_split(qbackend *be, qbk_qkv_layout layout, const qbk_buf *qkv, int n,

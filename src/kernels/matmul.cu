@@ -319,22 +319,20 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
         qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: %d products in one call", count);
         return false;
     }
-    bool one_launch = m >= 1 && m <= QK_GEMV_MAX_M;
     mm_weight mw[3];
     mm_epi e[3];
+    bool gemv = m >= 1 && m <= QK_GEMV_MAX_M; /* int8 has its own path */
     for (int j = 0; j < count; j++) {
+        gemv = gemv && ws[j]->dtype != QDT_I8;
         if (!check_args(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))
             return false;
         mw[j] = make_weight(ws[j]);
         e[j].bias_dt = bias_dts[j];
         e[j].bias = biases[j];
         e[j].round_to = round_to;
-        one_launch = one_launch && mm_gemv_q4_mma_fits(mw[j], compute, x) &&
-                     mw[j].dtype == mw[0].dtype && mw[j].K == mw[0].K &&
-                     !mw[j].absmax == !mw[0].absmax;
     }
-    if (one_launch)
-        return mm_gemv_q4_mma_multi(mw, e, ys, count, x, m, compute, b->stream, err);
+    if (gemv)
+        return mm_gemv_multi(mw, e, ys, count, x, m, compute, b->stream, err);
     for (int j = 0; j < count; j++)
         if (!qk_matmul(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))
             return false;

@@ -24,6 +24,8 @@
  * Any other shape (odd cols, blocks that start mid-row at odd offsets,
  * unaligned data) takes a simple warp-per-row kernel reading bytes.
  * The sums differ from the CPU's only in order (bound in the test). */
+#include <string.h>
+
 #include "kernels/matmul_parts.cuh"
 
 namespace {
@@ -191,26 +193,20 @@ __device__ __forceinline__ void gv_groups(const uint4 cur[GV_ROWS], const float 
     }
 }
 
+/* Block `blk` of one weight's product (the tables lut and dqm are written
+ * by the kernel before; the first barrier below publishes them). */
 template <int WD, int M, int T>
-__global__ void __launch_bounds__(GV_MAX_THREADS)
-    gemv_fast(mm_weight w, const float *__restrict__ x, int x_vec, int rt, mm_epi e,
-              float *__restrict__ y)
+__device__ __forceinline__ void gv_block(const mm_weight &w, const float *__restrict__ x,
+                                         int x_vec, int rt, const mm_epi &e,
+                                         float *__restrict__ y, unsigned blk, float *xs,
+                                         const float *lut, const float *dqm,
+                                         float (*part)[32])
 {
     using G = gv_geom<WD, M>;
-    extern __shared__ float4 gv_smem[];
-    float *xs = reinterpret_cast<float *>(gv_smem);
-    __shared__ float lut[16];
-    __shared__ float dqm[WD == Q4 ? 256 : 1]; /* double quantization's map */
-    __shared__ float part[GV_GROUPS][32];      /* the other k-slices' sums */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp % GV_GROUPS, slice = warp / GV_GROUPS;
-    if (WD == Q4 && threadIdx.x < 16)
-        lut[threadIdx.x] = w.lut[threadIdx.x];
-    if (WD == Q4 && !w.absmax)
-        for (int i = threadIdx.x; i < 256; i += G::THREADS)
-            dqm[i] = __ldg(w.dq_map + i);
     const uint64_t N = w.N, K = w.K;
-    const uint64_t row0 = ((uint64_t)blockIdx.x * GV_GROUPS + grp) * GV_ROWS;
+    const uint64_t row0 = ((uint64_t)blk * GV_GROUPS + grp) * GV_ROWS;
     const bool active = row0 < N; /* idle warps still help stage x */
     float acc[GV_ROWS][M];
     for (int r = 0; r < GV_ROWS; r++)
@@ -278,6 +274,45 @@ __global__ void __launch_bounds__(GV_MAX_THREADS)
     }
 }
 
+/* Up to GV_MAX_JOBS products of one x in one launch (as mq_jobs in
+ * matmul_gemv_mma.cu): job j owns blocks [first[j], first[j + 1]); the jobs
+ * share dtype, K and, for 4-bit, double quantization or not. */
+constexpr int GV_MAX_JOBS = 3;
+struct gv_jobs {
+    mm_weight w[GV_MAX_JOBS];
+    mm_epi e[GV_MAX_JOBS];
+    float *y[GV_MAX_JOBS];
+    unsigned first[GV_MAX_JOBS + 1];
+};
+
+template <int WD, int M, int T>
+__global__ void __launch_bounds__(GV_MAX_THREADS)
+    gemv_fast(const __grid_constant__ gv_jobs jobs, const float *__restrict__ x, int x_vec,
+              int rt)
+{
+    using G = gv_geom<WD, M>;
+    extern __shared__ float4 gv_smem[];
+    float *xs = reinterpret_cast<float *>(gv_smem);
+    __shared__ float lut[16];
+    __shared__ float dqm[WD == Q4 ? 256 : 1]; /* double quantization's map */
+    __shared__ float part[GV_GROUPS][32];      /* the other k-slices' sums */
+    if (WD == Q4 && threadIdx.x < 16)
+        lut[threadIdx.x] = jobs.w[0].lut[threadIdx.x];
+    if (WD == Q4 && !jobs.w[0].absmax)
+        for (int i = threadIdx.x; i < 256; i += G::THREADS)
+            dqm[i] = __ldg(jobs.w[0].dq_map + i);
+    const unsigned b = blockIdx.x;
+    /* constant job indices keep the parameters in parameter space */
+    if (b < jobs.first[1])
+        gv_block<WD, M, T>(jobs.w[0], x, x_vec, rt, jobs.e[0], jobs.y[0], b, xs, lut, dqm, part);
+    else if (b < jobs.first[2])
+        gv_block<WD, M, T>(jobs.w[1], x, x_vec, rt, jobs.e[1], jobs.y[1], b - jobs.first[1], xs,
+                           lut, dqm, part);
+    else
+        gv_block<WD, M, T>(jobs.w[2], x, x_vec, rt, jobs.e[2], jobs.y[2], b - jobs.first[2], xs,
+                           lut, dqm, part);
+}
+
 /* Any shape: a warp per weight row, lane l takes columns l, l+32, ...
  * (byte loads, x read through L1). m and T are run-time values here. */
 __global__ void __launch_bounds__(GA_THREADS)
@@ -339,16 +374,14 @@ __global__ void __launch_bounds__(GA_THREADS)
     }
 }
 
-typedef void (*gv_launch_fn)(const mm_weight &, const float *, bool, int, const mm_epi &, float *,
-                             cudaStream_t);
+typedef void (*gv_launch_fn)(const gv_jobs &, const float *, bool, int, cudaStream_t);
 
 template <int WD, int M, int T>
-void gv_launch(const mm_weight &w, const float *x, bool x_vec, int rt, const mm_epi &e, float *y,
-               cudaStream_t s)
+void gv_launch(const gv_jobs &jobs, const float *x, bool x_vec, int rt, cudaStream_t s)
 {
     using G = gv_geom<WD, M>;
-    unsigned blocks = qk_div_up(w.N, (uint64_t)GV_GROUPS * GV_ROWS);
-    gemv_fast<WD, M, T><<<blocks, G::THREADS, G::SMEM, s>>>(w, x, x_vec ? 1 : 0, rt, e, y);
+    gemv_fast<WD, M, T><<<jobs.first[GV_MAX_JOBS], G::THREADS, G::SMEM, s>>>(jobs, x,
+                                                                            x_vec ? 1 : 0, rt);
 }
 
 #define GV_M_ROW(WD, T)                                                                          \
@@ -366,25 +399,76 @@ const gv_launch_fn gv_plain[3][QK_GEMV_MAX_M] = {GV_M_ROW(QDT_F32, QDT_F32),
 
 } /* namespace */
 
+/* Plain weights are rounded to T only where T is narrower than the storage
+ * (f32 -> f16/bf16, f16 <-> bf16); else the values are exact. */
+static int plain_rounding(const mm_weight &w, qdtype T)
+{
+    return (T == QDT_F32 || (int)T == w.dtype) ? QDT_F32 : T;
+}
+
+static bool fast_fits(const mm_weight &w)
+{
+    const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
+    const int per_vec = q4 ? 32 : w.dtype == QDT_F32 ? 4 : 8;
+    return w.K % (uint64_t)per_vec == 0 && (uintptr_t)w.data % 16 == 0;
+}
+
+/* One gemv_fast launch over `count` jobs (all fast_fits, same kind). */
+static bool fast_launch(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                        const float *x, int m, qdtype T, cudaStream_t s, qerr *err)
+{
+    gv_jobs jobs;
+    memset(&jobs, 0, sizeof jobs);
+    unsigned first = 0;
+    for (int j = 0; j < GV_MAX_JOBS; j++) {
+        jobs.first[j] = first;
+        if (j < count) {
+            jobs.w[j] = ws[j];
+            jobs.e[j] = es[j];
+            jobs.y[j] = ys[j];
+            first += qk_div_up(ws[j].N, (uint64_t)GV_GROUPS * GV_ROWS);
+        }
+    }
+    jobs.first[GV_MAX_JOBS] = first;
+    const mm_weight &w = ws[0];
+    const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
+    const bool x_vec = (uintptr_t)x % 16 == 0;
+    gv_launch_fn fn = q4 ? gv_q4[T][m - 1]
+                         : gv_plain[w.dtype == QDT_F32 ? 0 : w.dtype == QDT_F16 ? 1 : 2][m - 1];
+    fn(jobs, x, x_vec, plain_rounding(w, T), s);
+    return qk_launched("matmul: gemv_fast", err);
+}
+
 bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
              cudaStream_t s, qerr *err)
 {
     if (mm_gemv_q4_mma_fits(w, T, x))
         return mm_gemv_q4_mma(w, x, m, T, e, y, s, err);
-    const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
-    /* Plain weights are rounded to T only where T is narrower than the
-     * storage (f32 -> f16/bf16, f16 <-> bf16); else the values are exact. */
-    int rt = (T == QDT_F32 || (int)T == w.dtype) ? QDT_F32 : T;
-    int per_vec = q4 ? 32 : w.dtype == QDT_F32 ? 4 : 8;
-    bool fast = w.K % (uint64_t)per_vec == 0 && (uintptr_t)w.data % 16 == 0;
-    if (fast) {
-        bool x_vec = (uintptr_t)x % 16 == 0;
-        gv_launch_fn fn = q4 ? gv_q4[T][m - 1]
-                             : gv_plain[w.dtype == QDT_F32 ? 0 : w.dtype == QDT_F16 ? 1 : 2][m - 1];
-        fn(w, x, x_vec, rt, e, y, s);
-        return qk_launched("matmul: gemv_fast", err);
-    }
+    if (fast_fits(w))
+        return fast_launch(&w, &e, &y, 1, x, m, T, s, err);
     unsigned blocks = qk_div_up(w.N, GA_WARPS);
-    gemv_any<<<blocks, GA_THREADS, 0, s>>>(w, x, m, T, rt, e, y);
+    gemv_any<<<blocks, GA_THREADS, 0, s>>>(w, x, m, T, plain_rounding(w, T), e, y);
     return qk_launched("matmul: gemv_any", err);
+}
+
+bool mm_gemv_multi(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                   const float *x, int m, qdtype T, cudaStream_t s, qerr *err)
+{
+    /* one launch only where each product would take that kernel alone */
+    bool same = count >= 1 && count <= GV_MAX_JOBS, all_mma = true, no_mma = true, fast = true;
+    for (int j = 0; same && j < count; j++) {
+        same = ws[j].dtype == ws[0].dtype && ws[j].K == ws[0].K && !ws[j].absmax == !ws[0].absmax;
+        const bool mma = mm_gemv_q4_mma_fits(ws[j], T, x);
+        all_mma = all_mma && mma;
+        no_mma = no_mma && !mma;
+        fast = fast && fast_fits(ws[j]);
+    }
+    if (same && all_mma)
+        return mm_gemv_q4_mma_multi(ws, es, ys, count, x, m, T, s, err);
+    if (same && no_mma && fast)
+        return fast_launch(ws, es, ys, count, x, m, T, s, err);
+    for (int j = 0; j < count; j++)
+        if (!mm_gemv(ws[j], x, m, T, es[j], ys[j], s, err))
+            return false;
+    return true;
 }

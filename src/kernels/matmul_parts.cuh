@@ -94,6 +94,12 @@ __device__ __forceinline__ float mm_bias(const mm_epi &e, uint64_t n)
 bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
              cudaStream_t s, qerr *err);
 
+/* mm_gemv for up to 3 weights of one x (q/k/v, gate/up): one launch when
+ * they share dtype, cols and double quantization and take the same fast
+ * kernel, else one mm_gemv each; the same results either way. */
+bool mm_gemv_multi(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                   const float *x, int m, qdtype T, cudaStream_t s, qerr *err);
+
 /* Whether the tensor-core 4-bit GEMV takes this weight and compute dtype
  * (nf4/fp4, T f16 or bf16, cols % 32 == 0, data and x 16-byte aligned,
  * rows x cols < 2^32), and the GEMV itself (same contract as mm_gemv; x

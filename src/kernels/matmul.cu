@@ -333,6 +333,31 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
     }
     if (gemv)
         return mm_gemv_multi(mw, e, ys, count, x, m, compute, b->stream, err);
+    /* LLM.int8 decode of one x: its quantization (scales, outlier columns)
+     * depends on x and the threshold only, so it is done once for all */
+    bool i8 = m >= 1 && m <= QK_GEMV_MAX_M;
+    for (int j = 0; j < count; j++)
+        i8 = i8 && mw[j].dtype == QDT_I8 && mw[j].K == mw[0].K &&
+             mw[j].threshold == mw[0].threshold;
+    if (i8) {
+        mm_plan p;
+        if (!plan_for((uint64_t)m, mw[0].N, mw[0].K, compute, &p) || p.total > b->ws_bytes) {
+            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: workspace too small");
+            return false;
+        }
+        mm_i8acts a;
+        a.ca = (int8_t *)(b->ws + p.act);
+        a.sca = (float *)(b->ws + p.sca);
+        a.flags = (unsigned *)(b->ws + p.flags);
+        a.ocols = (unsigned *)(b->ws + p.ocols);
+        a.nout = (unsigned *)(b->ws + p.nout);
+        if (!mm_i8_quantize(mw[0], x, m, a, b->stream, err))
+            return false;
+        for (int j = 0; j < count; j++)
+            if (!mm_i8_gemv(mw[j], x, m, a, compute, e[j], ys[j], b->stream, err))
+                return false;
+        return true;
+    }
     for (int j = 0; j < count; j++)
         if (!qk_matmul(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))
             return false;

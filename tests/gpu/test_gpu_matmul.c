@@ -504,8 +504,9 @@ END_TEST
 /* qk_matmul_multi: three products of one x (q/k/v shapes: different rows,
  * same cols) equal three qk_matmul calls bit for bit, whether they share
  * one launch (the tensor-core 4-bit GEMV, or the CUDA-core GEMV for 4-bit
- * with f32 compute and for f16/bf16 weights) or not (m 9, mixed kinds,
- * int8). */
+ * with f32 compute and for f16/bf16 weights) or not (m 9, mixed kinds);
+ * int8 products of one x share one activation quantization (different
+ * thresholds do not). */
 START_TEST(multi_equals_separate)
 {
     static const struct {
@@ -517,7 +518,8 @@ START_TEST(multi_equals_separate)
         {&K_FP4, &K_FP4, QDT_F16, 8}, {&K_NF4, &K_NF4, QDT_F16, 9},
         {&K_NF4, &K_NF4, QDT_F32, 1}, {&K_F16, &K_F16, QDT_F16, 1},
         {&K_NF4, &K_NF4DQ, QDT_F16, 1}, {&K_BF16, &K_BF16, QDT_BF16, 4},
-        {&K_I8T6, &K_I8T6, QDT_F16, 1},
+        {&K_I8T6, &K_I8T6, QDT_F16, 1}, {&K_I8T6, &K_I8T6, QDT_BF16, 5},
+        {&K_I8T6, &K_I8T0, QDT_F16, 2},
     };
     /* K % 128 == 64: the last column step is half full */
     const uint64_t K = quick ? 960 : 4160, Ns[3] = {96, 40, 200};

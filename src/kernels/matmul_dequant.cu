@@ -118,55 +118,6 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-/* 4-bit rows, 32 values per thread: one 16-byte load of codes, one absmax
- * (32 aligned values lie in one block), four (f16/bf16) or eight (f32)
- * 16-byte stores. The same values as dequant_rows with more bytes in
- * flight per thread and an eighth of its absmax loads. */
-template <int T>
-__global__ void __launch_bounds__(256)
-    dequant_q4_32(mm_weight w, uint64_t f0, uint64_t n32, void *out)
-{
-    __shared__ float lut[16];
-    if (threadIdx.x < 16)
-        lut[threadIdx.x] = w.lut[threadIdx.x];
-    __syncthreads();
-    const uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n32)
-        return;
-    const uint64_t f = f0 + 32 * i;
-    const uint4 q = __ldg(reinterpret_cast<const uint4 *>((const uint8_t *)w.data + f / 2));
-    const float a = mm_block_absmax(w, f >> w.bs_shift);
-    const uint32_t words[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) { /* word k: values 8k .. 8k+7 */
-        float v[8];
-#pragma unroll
-        for (int j = 0; j < 4; j++) { /* byte j: values 2j (high nibble) and 2j+1 */
-            v[2 * j] = mm_to<T>(__fmul_rn(lut[(words[k] >> (8 * j + 4)) & 15u], a));
-            v[2 * j + 1] = mm_to<T>(__fmul_rn(lut[(words[k] >> (8 * j)) & 15u], a));
-        }
-        if (T == QDT_F32) {
-            float4 *o = reinterpret_cast<float4 *>((float *)out + 32 * i + 8 * k);
-            o[0] = make_float4(v[0], v[1], v[2], v[3]);
-            o[1] = make_float4(v[4], v[5], v[6], v[7]);
-        } else {
-            uint32_t h[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) { /* v holds T values: packing them is exact */
-                if (T == QDT_F16) {
-                    __half2 p = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
-                    h[j] = *reinterpret_cast<uint32_t *>(&p);
-                } else {
-                    __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-                    h[j] = *reinterpret_cast<uint32_t *>(&p);
-                }
-            }
-            *reinterpret_cast<uint4 *>((uint16_t *)out + 32 * i + 8 * k) =
-                make_uint4(h[0], h[1], h[2], h[3]);
-        }
-    }
-}
-
 __global__ void convert_x(const float *__restrict__ x, uint64_t count, int T, void *out)
 {
     uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -194,20 +145,8 @@ __global__ void bias_round(float *y, uint64_t count, uint64_t N, mm_epi e)
 bool mm_dequant(const mm_weight &w, qdtype T, uint64_t f0, uint64_t count, void *out,
                 cudaStream_t s, qerr *err)
 {
-    const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
-    if (q4 && f0 % 32 == 0 && count % 32 == 0 && (uintptr_t)w.data % 16 == 0 &&
-        (uintptr_t)out % 16 == 0) {
-        const uint64_t n32 = count / 32;
-        const unsigned b32 = qk_div_up(n32, 256);
-        if (T == QDT_F16)
-            dequant_q4_32<QDT_F16><<<b32, 256, 0, s>>>(w, f0, n32, out);
-        else if (T == QDT_BF16)
-            dequant_q4_32<QDT_BF16><<<b32, 256, 0, s>>>(w, f0, n32, out);
-        else
-            dequant_q4_32<QDT_F32><<<b32, 256, 0, s>>>(w, f0, n32, out);
-        return qk_launched("matmul: dequant_q4_32", err);
-    }
     unsigned blocks = qk_div_up(qk_div_up(count, DQ_PER), 256);
+    const bool q4 = w.dtype == QDT_NF4 || w.dtype == QDT_FP4;
     const int vec = f0 % DQ_PER == 0 && (uintptr_t)w.data % (q4 ? 4 : 16) == 0;
     if (T == QDT_F16)
         dequant_rows<QDT_F16><<<blocks, 256, 0, s>>>(w, f0, count, vec, out);

@@ -6,7 +6,7 @@
  * scales (no quantization pass needed to time the kernels); correctness is
  * tests/gpu/test_gpu_matmul.c's job.
  *
- *   matmul_gpu_bench [-i iterations] [-c f16|bf16|f32]
+ *   matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16]
  */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
@@ -177,10 +177,13 @@ static double copy_gbps(cudaStream_t s, size_t bytes, int iters)
 int main(int argc, char **argv)
 {
     int iters = 50;
+    const char *only = NULL;
     qdtype T = QDT_F16;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-i") && i + 1 < argc) {
             iters = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "-k") && i + 1 < argc) {
+            only = argv[++i];
         } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
             int t = qdtype_from_name(argv[++i]);
             if (t != QDT_F16 && t != QDT_BF16 && t != QDT_F32) {
@@ -189,7 +192,7 @@ int main(int argc, char **argv)
             }
             T = (qdtype)t;
         } else {
-            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32]\n");
+            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16]\n");
             return 2;
         }
     }
@@ -229,6 +232,8 @@ int main(int argc, char **argv)
            "", "");
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++) {
+            if (only && strcmp(only, kinds[ki]))
+                continue;
             bweight b;
             make(&b, kinds[ki], shapes[si].N, shapes[si].K);
             printf("%-7s %6llu %6llu |", b.name, (unsigned long long)shapes[si].N,

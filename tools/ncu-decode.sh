@@ -14,15 +14,15 @@ set -euo pipefail
 B=$1
 shift
 LOG=${OUT:-/tmp}/ncu-decode.csv
-QRUN_CUDA_GRAPHS=0 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
-    --print-units base "$B/qbench" "$@" -p 0 -n 4 -r 1 --warmup 0 --bw-reps 1 --bw-mib 64 \
+QRUN_CUDA_GRAPHS=0 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    "$B/qbench" "$@" -p 0 -n 4 -r 1 --warmup 0 --bw-reps 1 --bw-mib 64 \
     >"$LOG" 2>"${LOG%.csv}.err" || { tail -20 "${LOG%.csv}.err"; exit 1; }
 python3 - "$LOG" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr = rows[0]; rows = rows[1:]
 ki, vi, ii = hdr.index("Kernel Name"), hdr.index("Metric Value"), hdr.index("ID")
-seq = [(r[ki].split("(")[0].split("<")[0].replace("void ", ""), float(r[vi])) for r in rows]
+seq = [(r[ki].split("(")[0].split("<")[0].replace("void ", ""), float(r[vi].replace(",", ""))) for r in rows]
 # one token: the smallest period P with which the last launches repeat
 names = [n for n, _ in seq]
 P = next((p for p in range(1, len(seq) // 2 + 1) if names[-p:] == names[-2 * p:-p]), len(seq))

@@ -24,11 +24,10 @@
 /* cuBLAS' own workspace: set explicitly so that a GEMM captured into a graph
  * never allocates. 32 MiB is what cuBLAS asks for on Hopper. */
 #define MM_BLAS_WS ((size_t)32 << 20)
-/* Upper bound of one chunk of dequantized rows (or int32 products): small
- * enough that the chunk cuBLAS reads right after the dequantize kernel
- * wrote it is still in the H100's 50 MB L2 (with x and y beside it), large
- * enough for GEMMs of ~2000 rows x 4096. */
-#define MM_CHUNK_BYTES ((size_t)16 << 20)
+/* Upper bound of one chunk of dequantized rows (or int32 products). 16 MiB
+ * (to keep the chunk in the H100's L2 for cuBLAS) measured slower: nf4
+ * pp512 11.6k tok/s against 17.2k with 64 MiB (docs/perf.md). */
+#define MM_CHUNK_BYTES ((size_t)64 << 20)
 /* Shapes past this many elements in one buffer are refused (no overflow). */
 #define MM_MAX_ELEMS ((uint64_t)1 << 46)
 

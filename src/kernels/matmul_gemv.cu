@@ -24,6 +24,7 @@
  * Any other shape (odd cols, blocks that start mid-row at odd offsets,
  * unaligned data) takes a simple warp-per-row kernel reading bytes.
  * The sums differ from the CPU's only in order (bound in the test). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/matmul_parts.cuh"
@@ -439,10 +440,17 @@ static bool fast_launch(const mm_weight *ws, const mm_epi *es, float *const *ys,
     return qk_launched("matmul: gemv_fast", err);
 }
 
+/* EXPERIMENT: QRUN_GEMV_Q4=cores keeps 4-bit decode on the CUDA-core kernel */
+static bool mma_on()
+{
+    const char *v = getenv("QRUN_GEMV_Q4");
+    return !(v && !strcmp(v, "cores"));
+}
+
 bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
              cudaStream_t s, qerr *err)
 {
-    if (mm_gemv_q4_mma_fits(w, T, x))
+    if (mma_on() && mm_gemv_q4_mma_fits(w, T, x))
         return mm_gemv_q4_mma(w, x, m, T, e, y, s, err);
     if (fast_fits(w))
         return fast_launch(&w, &e, &y, 1, x, m, T, s, err);
@@ -458,7 +466,7 @@ bool mm_gemv_multi(const mm_weight *ws, const mm_epi *es, float *const *ys, int 
     bool same = count >= 1 && count <= GV_MAX_JOBS, all_mma = true, no_mma = true, fast = true;
     for (int j = 0; same && j < count; j++) {
         same = ws[j].dtype == ws[0].dtype && ws[j].K == ws[0].K && !ws[j].absmax == !ws[0].absmax;
-        const bool mma = mm_gemv_q4_mma_fits(ws[j], T, x);
+        const bool mma = mma_on() && mm_gemv_q4_mma_fits(ws[j], T, x);
         all_mma = all_mma && mma;
         no_mma = no_mma && !mma;
         fast = fast && fast_fits(ws[j]);

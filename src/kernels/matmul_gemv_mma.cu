@@ -28,6 +28,7 @@
  * own columns, row g of x being MMA column n = g (zero for g >= m).
  * The warps' partial tiles are added in warp order through shared memory,
  * and warp 0 adds the bias and rounds as the other GEMV kernels do. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/matmul_parts.cuh"
@@ -264,6 +265,28 @@ bool mq_launch(const mq_jobs &jobs, const float *x, int m, qdtype T, cudaStream_
                "matmul: multiprocessor count", err))
         return false;
     const bool wide = blocks < 2u * (unsigned)sms;
+    const char *wv = getenv("QRUN_MMA_W"); /* EXPERIMENT */
+    if (wv && atoi(wv) == 4) {
+        if (T == QDT_F16)
+            gemv_q4_mma<QDT_F16, 4><<<blocks, 128, 0, s>>>(jobs, x, m);
+        else
+            gemv_q4_mma<QDT_BF16, 4><<<blocks, 128, 0, s>>>(jobs, x, m);
+        return qk_launched("matmul: gemv_q4_mma", err);
+    }
+    if (wv && (atoi(wv) == 8 || atoi(wv) == 16)) {
+        if (T == QDT_F16) {
+            if (atoi(wv) == 16)
+                gemv_q4_mma<QDT_F16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);
+            else
+                gemv_q4_mma<QDT_F16, 8><<<blocks, 256, 0, s>>>(jobs, x, m);
+        } else {
+            if (atoi(wv) == 16)
+                gemv_q4_mma<QDT_BF16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);
+            else
+                gemv_q4_mma<QDT_BF16, 8><<<blocks, 256, 0, s>>>(jobs, x, m);
+        }
+        return qk_launched("matmul: gemv_q4_mma", err);
+    }
     if (T == QDT_F16) {
         if (wide)
             gemv_q4_mma<QDT_F16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);

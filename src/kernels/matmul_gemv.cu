@@ -24,7 +24,6 @@
  * Any other shape (odd cols, blocks that start mid-row at odd offsets,
  * unaligned data) takes a simple warp-per-row kernel reading bytes.
  * The sums differ from the CPU's only in order (bound in the test). */
-#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/matmul_parts.cuh"
@@ -63,16 +62,6 @@ __device__ __forceinline__ uint32_t word_of(const uint4 &v, int i)
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-/* The code book entry of the nibble at bit `pos` of w (a compile-time
- * position): its byte offset in the table is the nibble times 4, one shift
- * and one mask. */
-template <int POS> __device__ __forceinline__ float lut_at(const float *lut, uint32_t w)
-{
-    uint32_t off = POS >= 2 ? (w >> (POS >= 2 ? POS - 2 : 0)) & 0x3cu
-                            : (w << (POS >= 2 ? 0 : 2 - POS)) & 0x3cu;
-    return *reinterpret_cast<const float *>(reinterpret_cast<const char *>(lut) + off);
-}
-
 /* a, b = RNE_T(a), RNE_T(b): one packed conversion for the pair. */
 template <int T> __device__ __forceinline__ void round_pair(float &a, float &b)
 {
@@ -89,16 +78,17 @@ template <int T> __device__ __forceinline__ void round_pair(float &a, float &b)
  * weights, QDT_F32 for none). Byte j of the vector holds value 2j in its
  * high nibble; little-endian words hold bytes 4i..4i+3. */
 template <int WD, int T, int G>
-__device__ __forceinline__ void gv_decode(const uint4 &v, float sc, const float *lut, int rt,
+__device__ __forceinline__ void gv_decode(const uint4 &v, float sc, uint32_t lutb, int rt,
                                           float out[4])
 {
     if (WD == Q4) {
-        constexpr int S = 16 * (G & 1); /* the group's two bytes start at bit S */
+        constexpr int J = 2 * (G & 1); /* the group's two bytes: J and J + 1 */
         const uint32_t w = word_of(v, G >> 1);
-        out[0] = __fmul_rn(lut_at<S + 4>(lut, w), sc);
-        out[1] = __fmul_rn(lut_at<S>(lut, w), sc);
-        out[2] = __fmul_rn(lut_at<S + 12>(lut, w), sc);
-        out[3] = __fmul_rn(lut_at<S + 8>(lut, w), sc);
+        const uint32_t hi4 = mm_q4_hi4(w), lo4 = mm_q4_lo4(w);
+        out[0] = __fmul_rn(mm_q4_entry<J>(hi4, lutb), sc);
+        out[1] = __fmul_rn(mm_q4_entry<J>(lo4, lutb), sc);
+        out[2] = __fmul_rn(mm_q4_entry<J + 1>(hi4, lutb), sc);
+        out[3] = __fmul_rn(mm_q4_entry<J + 1>(lo4, lutb), sc);
         round_pair<T>(out[0], out[1]);
         round_pair<T>(out[2], out[3]);
     } else if (WD == QDT_F32) {
@@ -169,14 +159,14 @@ __device__ __forceinline__ void gv_load(const mm_weight &w, const float *dqm, ui
  * (group G) at a time; recursion unrolls the groups with G a constant. */
 template <int WD, int M, int T, int G>
 __device__ __forceinline__ void gv_groups(const uint4 cur[GV_ROWS], const float csc[GV_ROWS],
-                                          const float *lut, int rt, const float *xp,
+                                          uint32_t lutb, int rt, const float *xp,
                                           float acc[GV_ROWS][M])
 {
     if constexpr (G < gv_geom<WD, M>::E / 4) {
         float wv[GV_ROWS][4];
 #pragma unroll
         for (int r = 0; r < GV_ROWS; r++)
-            gv_decode<WD, T, G>(cur[r], csc[r], lut, rt, wv[r]);
+            gv_decode<WD, T, G>(cur[r], csc[r], lutb, rt, wv[r]);
 #pragma unroll
         for (int m = 0; m < M; m++) {
             float4 xv = *reinterpret_cast<const float4 *>(xp + m * gv_geom<WD, M>::XS + 4 * G);
@@ -190,7 +180,7 @@ __device__ __forceinline__ void gv_groups(const uint4 cur[GV_ROWS], const float 
                 acc[r][m] = a;
             }
         }
-        gv_groups<WD, M, T, G + 1>(cur, csc, lut, rt, xp, acc);
+        gv_groups<WD, M, T, G + 1>(cur, csc, lutb, rt, xp, acc);
     }
 }
 
@@ -200,7 +190,7 @@ template <int WD, int M, int T>
 __device__ __forceinline__ void gv_block(const mm_weight &w, const float *__restrict__ x,
                                          int x_vec, int rt, const mm_epi &e,
                                          float *__restrict__ y, unsigned blk, float *xs,
-                                         const float *lut, const float *dqm,
+                                         uint32_t lutb, const float *dqm,
                                          float (*part)[32])
 {
     using G = gv_geom<WD, M>;
@@ -233,7 +223,7 @@ __device__ __forceinline__ void gv_block(const mm_weight &w, const float *__rest
             if (more) /* keep the next vectors in flight while these are used */
                 gv_load<WD>(w, dqm, row0, k0 + kk + G::KS * G::STEP, nxt, nsc);
             const float *xp = xs + G::pad(kk);
-            gv_groups<WD, M, T, 0>(cur, csc, lut, rt, xp, acc);
+            gv_groups<WD, M, T, 0>(cur, csc, lutb, rt, xp, acc);
             if (more) {
 #pragma unroll
                 for (int r = 0; r < GV_ROWS; r++)
@@ -287,14 +277,14 @@ struct gv_jobs {
 };
 
 template <int WD, int M, int T>
-__global__ void __launch_bounds__(GV_MAX_THREADS)
+__global__ void __launch_bounds__(GV_MAX_THREADS, WD == Q4 && M == 1 ? 3 : 1)
     gemv_fast(const __grid_constant__ gv_jobs jobs, const float *__restrict__ x, int x_vec,
               int rt)
 {
     using G = gv_geom<WD, M>;
     extern __shared__ float4 gv_smem[];
     float *xs = reinterpret_cast<float *>(gv_smem);
-    __shared__ float lut[16];
+    __shared__ __align__(256) float lut[16]; /* aligned for mm_q4_entry */
     __shared__ float dqm[WD == Q4 ? 256 : 1]; /* double quantization's map */
     __shared__ float part[GV_GROUPS][32];      /* the other k-slices' sums */
     if (WD == Q4 && threadIdx.x < 16)
@@ -303,15 +293,16 @@ __global__ void __launch_bounds__(GV_MAX_THREADS)
         for (int i = threadIdx.x; i < 256; i += G::THREADS)
             dqm[i] = __ldg(jobs.w[0].dq_map + i);
     const unsigned b = blockIdx.x;
+    const uint32_t lutb = (uint32_t)__cvta_generic_to_shared(lut);
     /* constant job indices keep the parameters in parameter space */
     if (b < jobs.first[1])
-        gv_block<WD, M, T>(jobs.w[0], x, x_vec, rt, jobs.e[0], jobs.y[0], b, xs, lut, dqm, part);
+        gv_block<WD, M, T>(jobs.w[0], x, x_vec, rt, jobs.e[0], jobs.y[0], b, xs, lutb, dqm, part);
     else if (b < jobs.first[2])
         gv_block<WD, M, T>(jobs.w[1], x, x_vec, rt, jobs.e[1], jobs.y[1], b - jobs.first[1], xs,
-                           lut, dqm, part);
+                           lutb, dqm, part);
     else
         gv_block<WD, M, T>(jobs.w[2], x, x_vec, rt, jobs.e[2], jobs.y[2], b - jobs.first[2], xs,
-                           lut, dqm, part);
+                           lutb, dqm, part);
 }
 
 /* Any shape: a warp per weight row, lane l takes columns l, l+32, ...
@@ -440,17 +431,20 @@ static bool fast_launch(const mm_weight *ws, const mm_epi *es, float *const *ys,
     return qk_launched("matmul: gemv_fast", err);
 }
 
-/* EXPERIMENT: QRUN_GEMV_Q4=cores keeps 4-bit decode on the CUDA-core kernel */
-static bool mma_on()
+/* The tensor-core 4-bit kernel for m >= 4 only: at m = 1 it is slower than
+ * the CUDA-core kernel (llama-2-7b nf4 decode 211 against 263 tok/s on an
+ * H100, its shared-memory pipe busy with code-book reads while few warps
+ * fit its 127 registers), at m = 4 about as fast, at m = 8 twice as fast
+ * (docs/perf.md). */
+static bool mma_takes(const mm_weight &w, int m, qdtype T, const float *x)
 {
-    const char *v = getenv("QRUN_GEMV_Q4");
-    return !(v && !strcmp(v, "cores"));
+    return m >= 4 && mm_gemv_q4_mma_fits(w, T, x);
 }
 
 bool mm_gemv(const mm_weight &w, const float *x, int m, qdtype T, const mm_epi &e, float *y,
              cudaStream_t s, qerr *err)
 {
-    if (mma_on() && mm_gemv_q4_mma_fits(w, T, x))
+    if (mma_takes(w, m, T, x))
         return mm_gemv_q4_mma(w, x, m, T, e, y, s, err);
     if (fast_fits(w))
         return fast_launch(&w, &e, &y, 1, x, m, T, s, err);
@@ -466,7 +460,7 @@ bool mm_gemv_multi(const mm_weight *ws, const mm_epi *es, float *const *ys, int 
     bool same = count >= 1 && count <= GV_MAX_JOBS, all_mma = true, no_mma = true, fast = true;
     for (int j = 0; same && j < count; j++) {
         same = ws[j].dtype == ws[0].dtype && ws[j].K == ws[0].K && !ws[j].absmax == !ws[0].absmax;
-        const bool mma = mma_on() && mm_gemv_q4_mma_fits(ws[j], T, x);
+        const bool mma = mma_takes(ws[j], m, T, x);
         all_mma = all_mma && mma;
         no_mma = no_mma && !mma;
         fast = fast && fast_fits(ws[j]);

@@ -28,7 +28,6 @@
  * own columns, row g of x being MMA column n = g (zero for g >= m).
  * The warps' partial tiles are added in warp order through shared memory,
  * and warp 0 adds the bias and rounds as the other GEMV kernels do. */
-#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/matmul_parts.cuh"
@@ -38,24 +37,13 @@ namespace {
 constexpr int MQ_ROWS = 32;  /* two 16-row MMA tiles */
 constexpr int MQ_STEP = 128; /* columns per warp step: 4 lanes x 32 codes */
 
-/* Code book entry at shared address `addr`. */
-__device__ __forceinline__ float mq_lds(uint32_t addr)
-{
-    float v;
-    asm("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
-    return v;
-}
-
 /* The two T values of byte J of a code word (high nibble first: the lower
- * k) as one packed register. hi4 / lo4 hold each byte's high / low nibble
- * times 4; lutb is the code book's shared address, 256-byte aligned, so one
- * byte permute puts the entry's address together (base bytes 1..3 above
- * the offset byte). */
+ * k) as one packed register; hi4 / lo4 and lutb as mm_q4_entry takes them. */
 template <int T, int J>
 __device__ __forceinline__ uint32_t mq_pair(uint32_t hi4, uint32_t lo4, uint32_t lutb, float a)
 {
-    const float v0 = __fmul_rn(mq_lds(__byte_perm(hi4, lutb, 0x7650 + J)), a);
-    const float v1 = __fmul_rn(mq_lds(__byte_perm(lo4, lutb, 0x7650 + J)), a);
+    const float v0 = __fmul_rn(mm_q4_entry<J>(hi4, lutb), a);
+    const float v1 = __fmul_rn(mm_q4_entry<J>(lo4, lutb), a);
     if (T == QDT_F16) {
         __half2 h = __floats2half2_rn(v0, v1);
         return *reinterpret_cast<uint32_t *>(&h);
@@ -101,8 +89,8 @@ __device__ __forceinline__ void mq_word(const uint4 v[4], const float sc[4],
 #pragma unroll
     for (int r = 0; r < 4; r++) {
         const uint32_t w = I == 0 ? v[r].x : I == 1 ? v[r].y : I == 2 ? v[r].z : v[r].w;
-        hi4[r] = (w >> 2) & 0x3c3c3c3cu;
-        lo4[r] = (w << 2) & 0x3c3c3c3cu;
+        hi4[r] = mm_q4_hi4(w);
+        lo4[r] = mm_q4_lo4(w);
     }
 #pragma unroll
     for (int tile = 0; tile < 2; tile++) {
@@ -265,28 +253,6 @@ bool mq_launch(const mq_jobs &jobs, const float *x, int m, qdtype T, cudaStream_
                "matmul: multiprocessor count", err))
         return false;
     const bool wide = blocks < 2u * (unsigned)sms;
-    const char *wv = getenv("QRUN_MMA_W"); /* EXPERIMENT */
-    if (wv && atoi(wv) == 4) {
-        if (T == QDT_F16)
-            gemv_q4_mma<QDT_F16, 4><<<blocks, 128, 0, s>>>(jobs, x, m);
-        else
-            gemv_q4_mma<QDT_BF16, 4><<<blocks, 128, 0, s>>>(jobs, x, m);
-        return qk_launched("matmul: gemv_q4_mma", err);
-    }
-    if (wv && (atoi(wv) == 8 || atoi(wv) == 16)) {
-        if (T == QDT_F16) {
-            if (atoi(wv) == 16)
-                gemv_q4_mma<QDT_F16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);
-            else
-                gemv_q4_mma<QDT_F16, 8><<<blocks, 256, 0, s>>>(jobs, x, m);
-        } else {
-            if (atoi(wv) == 16)
-                gemv_q4_mma<QDT_BF16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);
-            else
-                gemv_q4_mma<QDT_BF16, 8><<<blocks, 256, 0, s>>>(jobs, x, m);
-        }
-        return qk_launched("matmul: gemv_q4_mma", err);
-    }
     if (T == QDT_F16) {
         if (wide)
             gemv_q4_mma<QDT_F16, 16><<<blocks, 512, 0, s>>>(jobs, x, m);

@@ -87,6 +87,22 @@ __device__ __forceinline__ float mm_bias(const mm_epi &e, uint64_t n)
     return e.bias ? qk_load(e.bias, (qdtype)e.bias_dt, n) : 0.0f;
 }
 
+/* 4-bit code book lookups without per-value shift-and-mask: a code word w
+ * gives mm_q4_hi4(w) / mm_q4_lo4(w), each byte's high / low nibble times 4
+ * (two instructions per 8 codes), and the entry of byte J's nibble is one
+ * byte permute away: the book lives at a 256-byte aligned shared address
+ * `lutb`, whose upper three bytes the permute keeps and whose low byte it
+ * replaces by the nibble's offset. */
+__device__ __forceinline__ uint32_t mm_q4_hi4(uint32_t w) { return (w >> 2) & 0x3c3c3c3cu; }
+__device__ __forceinline__ uint32_t mm_q4_lo4(uint32_t w) { return (w << 2) & 0x3c3c3c3cu; }
+template <int J> __device__ __forceinline__ float mm_q4_entry(uint32_t nib4, uint32_t lutb)
+{
+    float v;
+    /* volatile: kept after the barrier that publishes the book */
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(__byte_perm(nib4, lutb, 0x7650 + J)));
+    return v;
+}
+
 /* ---- launchers (host) ---------------------------------------------------- */
 
 /* Decode GEMV for nf4/fp4/f16/bf16/f32 weights, 1 <= m <= QK_GEMV_MAX_M:

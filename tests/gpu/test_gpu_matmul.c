@@ -27,7 +27,8 @@
  *    runs on tensor cores, whose f32 accumulation truncates instead of
  *    rounding: up to ~K/16 one-ulp steps of the running sum, biased, so
  *    1e-4 there; the same for the 4-bit GEMV with f16/bf16 compute, which
- *    uses tensor cores when cols % 32 == 0 and x is 16-byte aligned.
+ *    uses tensor cores when m >= 4, cols % 32 == 0 and x is 16-byte
+ *    aligned.
  *  - round_to f16/bf16 rounds two values that differ by that much: they can
  *    land on adjacent values, one ulp of the output apart, <= 2^-10 (f16) or
  *    2^-7 (bf16) of the row's max |y|; the bound adds that.
@@ -331,9 +332,9 @@ static void check_result(const tweight *t, const call *c, const float *got, cons
     const int path = c->m > QK_GEMV_MAX_M;
     const int q4 = t->h.dtype == QDT_NF4 || t->h.dtype == QDT_FP4;
     /* tensor cores: cuBLAS with T inputs, and the 4-bit GEMV for T inputs
-     * when cols % 32 == 0 and x is aligned (matmul_gemv_mma.cu) */
+     * when m >= 4, cols % 32 == 0 and x is aligned (matmul_gemv_mma.cu) */
     const int tensor = c->T != QDT_F32 && !exact &&
-                       (path || (q4 && K % 32 == 0 && !c->misalign));
+                       (path || (q4 && c->m >= 4 && K % 32 == 0 && !c->misalign));
     const double pre = tensor ? 1e-4 : 1e-5 * fmax(1.0, sqrt((double)K / 1024.0));
     const double ulp = c->round_to == QDT_F16 ? 0x1p-10 : c->round_to == QDT_BF16 ? 0x1p-7 : 0.0;
     const double bound = pre + ulp;
@@ -427,9 +428,9 @@ static const shape shapes[] = {
 
 static void run_kind(const wkind *kind)
 {
-    static const int ms_full[] = {1, 3, 8, 9, 77}, ms_quick[] = {1, 9};
+    static const int ms_full[] = {1, 3, 4, 8, 9, 77}, ms_quick[] = {1, 9};
     const int *ms = quick ? ms_quick : ms_full;
-    int nm = quick ? 2 : 5, ns = quick ? 2 : (int)(sizeof shapes / sizeof shapes[0]);
+    int nm = quick ? 2 : 6, ns = quick ? 2 : (int)(sizeof shapes / sizeof shapes[0]);
     int variant = 0;
     for (int s = 0; s < ns; s++) {
         tweight t;
@@ -503,8 +504,9 @@ END_TEST
 
 /* qk_matmul_multi: three products of one x (q/k/v shapes: different rows,
  * same cols) equal three qk_matmul calls bit for bit, whether they share
- * one launch (the tensor-core 4-bit GEMV, or the CUDA-core GEMV for 4-bit
- * with f32 compute and for f16/bf16 weights) or not (m 9, mixed kinds);
+ * one launch (the tensor-core 4-bit GEMV at m >= 4, or the CUDA-core GEMV
+ * for 4-bit at m < 4 or with f32 compute and for f16/bf16 weights) or not
+ * (m 9, mixed kinds);
  * int8 products of one x share one activation quantization (different
  * thresholds do not). */
 START_TEST(multi_equals_separate)
@@ -514,7 +516,7 @@ START_TEST(multi_equals_separate)
         qdtype T;
         int m;
     } cases[] = {
-        {&K_NF4, &K_NF4, QDT_F16, 1}, {&K_NF4DQ, &K_NF4DQ, QDT_BF16, 3},
+        {&K_NF4, &K_NF4, QDT_F16, 1}, {&K_NF4DQ, &K_NF4DQ, QDT_BF16, 4},
         {&K_FP4, &K_FP4, QDT_F16, 8}, {&K_NF4, &K_NF4, QDT_F16, 9},
         {&K_NF4, &K_NF4, QDT_F32, 1}, {&K_F16, &K_F16, QDT_F16, 1},
         {&K_NF4, &K_NF4DQ, QDT_F16, 1}, {&K_BF16, &K_BF16, QDT_BF16, 4},

@@ -104,7 +104,12 @@ __device__ __forceinline__ void kv_put(float *p, float x) { *p = x; }
 
 /* rope_kernel on q (Hq heads) and k (Hkv heads) of each token, then the
  * rotated k and the v rows stored into the cache (layout and conversion of
- * qk_kv_store) at the token's position: one launch instead of three. */
+ * qk_kv_store) at the token's position: one launch instead of three. Block
+ * (x, y) takes head y (q heads first, then the k/v heads) of tokens x,
+ * x + gridDim.x, ...: a decode step's single token still spreads over
+ * Hq + Hkv blocks (one block for all heads took ~13 us on an H100, a
+ * tenth of a Llama layer). Each block computes the token's cos/sin table
+ * itself (head_dim / 2 double sincos, one per thread). */
 template <int V, typename KT>
 __global__ void rope_store_kernel(const float *inv_freq, float scaling, int head_dim, float *q,
                                   int ld_q, int n_heads, float *k, int ld_k, const float *v,
@@ -113,7 +118,7 @@ __global__ void rope_store_kernel(const float *inv_freq, float scaling, int head
 {
     __shared__ float cs[ROPE_MAX_HEAD_DIM / 2], sn[ROPE_MAX_HEAD_DIM / 2];
     const int half = head_dim / 2, per_head = half / V;
-    const int items = (n_heads + n_kv_heads) * per_head;
+    const int h = (int)blockIdx.y;
     const int p0 = step->p0;
     for (int t = blockIdx.x; t < n_tokens; t += gridDim.x) {
         const int pos = p0 + t;
@@ -121,34 +126,32 @@ __global__ void rope_store_kernel(const float *inv_freq, float scaling, int head
         __syncthreads();
         rope_table(inv_freq, scaling, half, (float)pos, act, cs, sn);
         __syncthreads();
-        for (int j = threadIdx.x; j < items; j += blockDim.x) {
-            const int h = j / per_head, i = (j - h * per_head) * V;
-            float y1[V], y2[V];
-            if (h < n_heads) {
-                rope_pairs<V>(q + (size_t)t * (size_t)ld_q + (size_t)h * (size_t)head_dim + i,
-                              half, i, cs, sn, act, y1, y2);
-                continue;
-            }
-            const int g = h - n_heads;
-            rope_pairs<V>(k + (size_t)t * (size_t)ld_k + (size_t)g * (size_t)head_dim + i, half,
-                          i, cs, sn, act, y1, y2);
+        float y1[V], y2[V];
+        if (h < n_heads) {
+            float *row = q + (size_t)t * (size_t)ld_q + (size_t)h * (size_t)head_dim;
+            for (int j = threadIdx.x; j < per_head; j += blockDim.x)
+                rope_pairs<V>(row + j * V, half, j * V, cs, sn, act, y1, y2);
+            continue;
+        }
+        const int g = h - n_heads;
+        float *row = k + (size_t)t * (size_t)ld_k + (size_t)g * (size_t)head_dim;
+        const size_t at = ((size_t)g * (size_t)n_ctx + (size_t)pos) * (size_t)head_dim;
+        for (int j = threadIdx.x; j < per_head; j += blockDim.x) {
+            const int i = j * V;
+            rope_pairs<V>(row + i, half, i, cs, sn, act, y1, y2);
             if (in_cache) {
-                KT *dst = kc + ((size_t)g * (size_t)n_ctx + (size_t)pos) * (size_t)head_dim + i;
 #pragma unroll
                 for (int e = 0; e < V; e++) {
-                    kv_put(dst + e, y1[e]);
-                    kv_put(dst + half + e, y2[e]);
+                    kv_put(kc + at + i + e, y1[e]);
+                    kv_put(kc + at + half + i + e, y2[e]);
                 }
             }
         }
         if (!in_cache)
             continue;
-        const int vn = n_kv_heads * head_dim;
-        for (int j = threadIdx.x; j < vn; j += blockDim.x) {
-            const int g = j / head_dim, d = j - g * head_dim;
-            kv_put(vc + ((size_t)g * (size_t)n_ctx + (size_t)pos) * (size_t)head_dim + d,
-                   v[(size_t)t * (size_t)ld_v + j]);
-        }
+        const float *vr = v + (size_t)t * (size_t)ld_v + (size_t)g * (size_t)head_dim;
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+            kv_put(vc + at + d, vr[d]);
     }
 }
 
@@ -198,9 +201,17 @@ extern "C" bool qk_rope_store(const float *inv_freq, float scaling, int head_dim
     const int half = head_dim / 2;
     const bool vec = half % 4 == 0 && ld_q % 4 == 0 && ld_k % 4 == 0 &&
                      ((uintptr_t)q & 15u) == 0 && ((uintptr_t)k & 15u) == 0;
-    const unsigned blocks = n_tokens < ROPE_MAX_BLOCKS ? (unsigned)n_tokens : ROPE_MAX_BLOCKS;
+    if (n_heads + hkv > 65535) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "qk_rope_store: %d + %d heads (at most 65535)",
+                 n_heads, hkv);
+        return false;
+    }
+    /* per token, one block per head: half-head threads, rounded up to a warp */
+    const dim3 grid(n_tokens < ROPE_MAX_BLOCKS ? (unsigned)n_tokens : ROPE_MAX_BLOCKS,
+                    (unsigned)(n_heads + hkv));
+    const unsigned threads = (unsigned)((half + 31) / 32 * 32);
 #define ROPE_STORE(VV, KT)                                                                     \
-    rope_store_kernel<VV, KT><<<blocks, ROPE_THREADS, 0, s>>>(                                 \
+    rope_store_kernel<VV, KT><<<grid, threads, 0, s>>>(                                        \
         inv_freq, scaling, head_dim, q, ld_q, n_heads, k, ld_k, v, ld_v, hkv, n_tokens, step,  \
         act, (KT *)kv->k, (KT *)kv->v, kv->n_ctx)
     if (kv->dtype == QDT_F16) {

@@ -277,7 +277,7 @@ struct gv_jobs {
 };
 
 template <int WD, int M, int T>
-__global__ void __launch_bounds__(GV_MAX_THREADS, WD == Q4 && M == 1 ? 3 : 1)
+__global__ void __launch_bounds__(GV_MAX_THREADS, M == 1 ? 3 : 2)
     gemv_fast(const __grid_constant__ gv_jobs jobs, const float *__restrict__ x, int x_vec,
               int rt)
 {

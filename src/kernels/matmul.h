@@ -50,9 +50,10 @@ bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compu
                qdtype bias_dt, const void *bias, qdtype round_to, float *y, qerr *err);
 
 /* ys[i] = qk_matmul(ws[i], x) for i < count (<= 3) with one input x: one
- * launch when m <= QK_GEMV_MAX_M and every weight takes the tensor-core
- * 4-bit GEMV with the same storage and cols (q/k/v, gate/up of a 4-bit
- * model), else one qk_matmul each. Same results as separate calls. */
+ * GEMV launch when m <= QK_GEMV_MAX_M and every weight takes the same GEMV
+ * kernel with the same storage and cols (q/k/v, gate/up), one shared
+ * activation quantization for int8, else one qk_matmul each. Same results
+ * as separate calls. */
 bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const float *x, int m,
                      qdtype compute, const qdtype *bias_dts, const void *const *biases,
                      qdtype round_to, float *const *ys, qerr *err);

@@ -184,6 +184,11 @@ int main(int argc, char **argv)
             iters = atoi(argv[++i]);
         } else if (!strcmp(argv[i], "-k") && i + 1 < argc) {
             only = argv[++i];
+            if (strcmp(only, "nf4") && strcmp(only, "nf4+dq") && strcmp(only, "int8") &&
+                strcmp(only, "f16")) {
+                fprintf(stderr, "-k: unknown weight kind '%s' (nf4, nf4+dq, int8, f16)\n", only);
+                return 2;
+            }
         } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
             int t = qdtype_from_name(argv[++i]);
             if (t != QDT_F16 && t != QDT_BF16 && t != QDT_F32) {

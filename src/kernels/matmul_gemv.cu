@@ -432,10 +432,10 @@ static bool fast_launch(const mm_weight *ws, const mm_epi *es, float *const *ys,
 }
 
 /* The tensor-core 4-bit kernel for m >= 4 only: at m = 1 it is slower than
- * the CUDA-core kernel (llama-2-7b nf4 decode 211 against 263 tok/s on an
- * H100, its shared-memory pipe busy with code-book reads while few warps
- * fit its 127 registers), at m = 4 about as fast, at m = 8 twice as fast
- * (docs/perf.md). */
+ * the CUDA-core kernel (H100, llama-2-7b nf4 decode: 211 against 263 tok/s
+ * with its shared-memory code book, 241 against 275 with the register
+ * book, whose byte permutes fill the integer pipe), at m = 4 and 8 it is
+ * 1.2-2.4x faster (docs/perf.md). */
 static bool mma_takes(const mm_weight &w, int m, qdtype T, const float *x)
 {
     return m >= 4 && mm_gemv_q4_mma_fits(w, T, x);

@@ -1,12 +1,19 @@
 /* Decode GEMV for nf4/fp4 weights with an f16 or bf16 compute dtype, on
  * tensor cores: y[m, N] = x[m, K] · W_Tᵀ for m <= 8.
  *
- * Why: the CUDA-core kernel (matmul_gemv.cu) spends about seven instructions
- * on each weight value (nibble, code book, scale, round to T, widen to f32,
- * FMA) and cannot keep up with HBM. Here the rounded value stays packed in
- * a half2 / bfloat162 register and goes straight into mma.sync.m16n8k16,
- * which multiplies it exactly (T x T products are exact in f32) and sums in
- * f32: about four instructions per value, the MMA taking 1/8 of one.
+ * Why: the CUDA-core kernel (matmul_gemv.cu) widens every weight value to
+ * f32 for an FMA. Here the rounded value stays packed in a half2 /
+ * bfloat162 register and goes straight into mma.sync.m16n8k16, which
+ * multiplies it exactly (T x T products are exact in f32) and sums in f32.
+ * The values come from a code book in registers, not shared memory: for
+ * each row vector of 32 codes (one absmax) the 16 values RNE_T(LUT[c] * a)
+ * are computed once and held as two byte planes, and byte permutes look
+ * up four codes at a time (about 2.7 integer instructions per value). The
+ * shared-memory book it replaced cost one shared load per value and kept
+ * this kernel bound on the L1/shared pipe (H100: 66-74% busy at 25-32% of
+ * DRAM bandwidth); the register book is 15-20% faster at m = 4 and 8. At
+ * m = 1 the integer pipe is the limit instead (49% busy at 27% of DRAM), so
+ * decode keeps the CUDA-core kernel (docs/perf.md).
  *
  * Numerics: every weight value is RNE_T(f32(LUT[code] * absmax)) exactly as
  * the CPU computes it; x must hold T values (the engine's activations do;
@@ -37,21 +44,6 @@ namespace {
 constexpr int MQ_ROWS = 32;  /* two 16-row MMA tiles */
 constexpr int MQ_STEP = 128; /* columns per warp step: 4 lanes x 32 codes */
 
-/* The two T values of byte J of a code word (high nibble first: the lower
- * k) as one packed register; hi4 / lo4 and lutb as mm_q4_entry takes them. */
-template <int T, int J>
-__device__ __forceinline__ uint32_t mq_pair(uint32_t hi4, uint32_t lo4, uint32_t lutb, float a)
-{
-    const float v0 = __fmul_rn(mm_q4_entry<J>(hi4, lutb), a);
-    const float v1 = __fmul_rn(mm_q4_entry<J>(lo4, lutb), a);
-    if (T == QDT_F16) {
-        __half2 h = __floats2half2_rn(v0, v1);
-        return *reinterpret_cast<uint32_t *>(&h);
-    }
-    __nv_bfloat162 h = __floats2bfloat162_rn(v0, v1);
-    return *reinterpret_cast<uint32_t *>(&h);
-}
-
 /* Two x values as one packed T register (exact: they are T values). */
 template <int T> __device__ __forceinline__ uint32_t mq_x2(float a, float b)
 {
@@ -80,36 +72,100 @@ __device__ __forceinline__ void mq_mma(float d[4], uint32_t a0, uint32_t a1, uin
                      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/* Word i of the four rows' vectors feeds MMAs 2i and 2i + 1 of both tiles. */
-template <int T, int I>
-__device__ __forceinline__ void mq_word(const uint4 v[4], const float sc[4],
-                                        const uint32_t b[16], uint32_t lut, float acc[2][4])
+/* PRMT with the sign-replicating selector bit (CUDA's __byte_perm masks it
+ * away): a selector nibble 8 + j gives 0xff or 0x00 by the top bit of byte j. */
+__device__ __forceinline__ uint32_t mq_prmt(uint32_t a, uint32_t b, uint32_t sel)
 {
-    uint32_t hi4[4], lo4[4];
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+
+/* The block's 16 T values RNE_T(f32(LUT[c] * a)) as two byte planes in
+ * registers: lo[q] holds the low bytes of entries 4q .. 4q+3, hi[q] their
+ * high bytes, so that a byte permute looks up four codes at once. 16
+ * multiplies and 8 packed roundings serve the lane's 32 values of the row,
+ * and the values are those of the CPU bit for bit. */
+template <int T>
+__device__ __forceinline__ void mq_book(const float (&lut)[16], float a, uint32_t lo[4],
+                                        uint32_t hi[4])
+{
 #pragma unroll
-    for (int r = 0; r < 4; r++) {
-        const uint32_t w = I == 0 ? v[r].x : I == 1 ? v[r].y : I == 2 ? v[r].z : v[r].w;
-        hi4[r] = mm_q4_hi4(w);
-        lo4[r] = mm_q4_lo4(w);
+    for (int q = 0; q < 4; q++) {
+        const uint32_t p0 = mq_x2<T>(__fmul_rn(lut[4 * q], a), __fmul_rn(lut[4 * q + 1], a));
+        const uint32_t p1 = mq_x2<T>(__fmul_rn(lut[4 * q + 2], a), __fmul_rn(lut[4 * q + 3], a));
+        lo[q] = __byte_perm(p0, p1, 0x6420);
+        hi[q] = __byte_perm(p0, p1, 0x7531);
     }
+}
+
+/* The T pairs of bytes 2H and 2H + 1 of code word w (w4 = w << 4) from a
+ * book: selector nibble i of the low 16 bits (after >> 16H) is a code whose
+ * low three bits pick a byte of planes 0-1 and of planes 2-3; its top bit,
+ * spread over the byte by a sign-replicating permute, picks between them.
+ * Nibble order: byte 2H holds code 4H (high nibble, the lower column) and
+ * 4H + 1. */
+template <int H>
+__device__ __forceinline__ void mq_look(uint32_t w, uint32_t w4, const uint32_t lo[4],
+                                        const uint32_t hi[4], uint32_t &p0, uint32_t &p1)
+{
+    const uint32_t s = (H == 0 ? w : w >> 16) & 0x7777u;
+    const uint32_t m = mq_prmt(w, w4, H == 0 ? 0x9D8Cu : 0xBFAEu);
+    const uint32_t l0 = mq_prmt(lo[0], lo[1], s), l1 = mq_prmt(lo[2], lo[3], s);
+    const uint32_t h0 = mq_prmt(hi[0], hi[1], s), h1 = mq_prmt(hi[2], hi[3], s);
+    const uint32_t l = (l0 & ~m) | (l1 & m), h = (h0 & ~m) | (h1 & m);
+    /* l, h bytes: codes (4H+1, 4H, 4H+3, 4H+2); pairs low half first */
+    p0 = __byte_perm(l, h, 0x4051);
+    p1 = __byte_perm(l, h, 0x6273);
+}
+
+/* The four T pairs of word I of a row's vector, from the row's book. */
+template <int I>
+__device__ __forceinline__ void mq_pairs(const uint4 &v, const uint32_t lo[4],
+                                         const uint32_t hi[4], uint32_t p[4])
+{
+    const uint32_t w = I == 0 ? v.x : I == 1 ? v.y : I == 2 ? v.z : v.w;
+    const uint32_t w4 = w << 4;
+    mq_look<0>(w, w4, lo, hi, p[0], p[1]);
+    mq_look<1>(w, w4, lo, hi, p[2], p[3]);
+}
+
+/* One m16 tile of a step (rows g and g + 8 of the lane, + 16 for the second
+ * tile): the two rows' books, then 8 MMAs, word I feeding MMAs 2I and
+ * 2I + 1. */
+template <int T>
+__device__ __forceinline__ void mq_tile(const float (&lut)[16], const uint4 &va,
+                                        const uint4 &vb, float sa, float sb,
+                                        const uint32_t b[16], float acc[4])
+{
+    uint32_t loa[4], hia[4], lob[4], hib[4];
+    mq_book<T>(lut, sa, loa, hia);
+    mq_book<T>(lut, sb, lob, hib);
 #pragma unroll
-    for (int tile = 0; tile < 2; tile++) {
-        const int ra = 2 * tile, rb = 2 * tile + 1; /* rows g (+16) and g + 8 (+16) */
-        mq_mma<T>(acc[tile], mq_pair<T, 0>(hi4[ra], lo4[ra], lut, sc[ra]),
-                  mq_pair<T, 0>(hi4[rb], lo4[rb], lut, sc[rb]),
-                  mq_pair<T, 1>(hi4[ra], lo4[ra], lut, sc[ra]),
-                  mq_pair<T, 1>(hi4[rb], lo4[rb], lut, sc[rb]), b[4 * I], b[4 * I + 1]);
-        mq_mma<T>(acc[tile], mq_pair<T, 2>(hi4[ra], lo4[ra], lut, sc[ra]),
-                  mq_pair<T, 2>(hi4[rb], lo4[rb], lut, sc[rb]),
-                  mq_pair<T, 3>(hi4[ra], lo4[ra], lut, sc[ra]),
-                  mq_pair<T, 3>(hi4[rb], lo4[rb], lut, sc[rb]), b[4 * I + 2], b[4 * I + 3]);
+    for (int I = 0; I < 4; I++) {
+        uint32_t pa[4], pb[4];
+        if (I == 0) {
+            mq_pairs<0>(va, loa, hia, pa);
+            mq_pairs<0>(vb, lob, hib, pb);
+        } else if (I == 1) {
+            mq_pairs<1>(va, loa, hia, pa);
+            mq_pairs<1>(vb, lob, hib, pb);
+        } else if (I == 2) {
+            mq_pairs<2>(va, loa, hia, pa);
+            mq_pairs<2>(vb, lob, hib, pb);
+        } else {
+            mq_pairs<3>(va, loa, hia, pa);
+            mq_pairs<3>(vb, lob, hib, pb);
+        }
+        mq_mma<T>(acc, pa[0], pb[0], pa[1], pb[1], b[4 * I], b[4 * I + 1]);
+        mq_mma<T>(acc, pa[2], pb[2], pa[3], pb[3], b[4 * I + 2], b[4 * I + 3]);
     }
 }
 
 /* The lane's four row vectors and their absmax at column col (zeros where
- * the column or the row is past the end: x is zero there too). Flat
- * indices fit in 32 bits (mm_gemv_q4_mma_fits), which halves the address
- * arithmetic. */
+ * the column or the row is past the end: x is not zero there, so the A
+ * values must be). Flat indices fit in 32 bits (mm_gemv_q4_mma_fits),
+ * which halves the address arithmetic. */
 __device__ __forceinline__ void mq_load(const mm_weight &w, const float *dqm, uint32_t row0,
                                         uint32_t col, uint4 v[4], float sc[4])
 {
@@ -138,8 +194,7 @@ __device__ __forceinline__ void mq_load(const mm_weight &w, const float *dqm, ui
 template <int T, int W>
 __device__ __forceinline__ void mq_block(const mm_weight &w, const float *__restrict__ x, int m,
                                          const mm_epi &e, float *__restrict__ y, uint32_t blk,
-                                         uint32_t lutb, const float *dqm,
-                                         float (*part)[8][32])
+                                         const float *dqm, float (*part)[8][32])
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -172,10 +227,8 @@ __device__ __forceinline__ void mq_block(const mm_weight &w, const float *__rest
             b[2 * s] = mq_x2<T>(xv.x, xv.y);
             b[2 * s + 1] = mq_x2<T>(xv.z, xv.w);
         }
-        mq_word<T, 0>(v, sc, b, lutb, acc);
-        mq_word<T, 1>(v, sc, b, lutb, acc);
-        mq_word<T, 2>(v, sc, b, lutb, acc);
-        mq_word<T, 3>(v, sc, b, lutb, acc);
+        mq_tile<T>(w.lut, v[0], v[1], sc[0], sc[1], b, acc[0]);
+        mq_tile<T>(w.lut, v[2], v[3], sc[2], sc[3], b, acc[1]);
         if (nxt < nsteps) {
 #pragma unroll
             for (int r = 0; r < 4; r++)
@@ -224,24 +277,20 @@ template <int T, int W>
 __global__ void __launch_bounds__(W * 32, 16 / W)
     gemv_q4_mma(const __grid_constant__ mq_jobs jobs, const float *__restrict__ x, int m)
 {
-    __shared__ __align__(256) float lut[16];
     __shared__ float dqm[256];
     __shared__ float part[W - 1][8][32];
-    if (threadIdx.x < 16)
-        lut[threadIdx.x] = jobs.w[0].lut[threadIdx.x];
     if (!jobs.w[0].absmax)
         for (int i = threadIdx.x; i < 256; i += W * 32)
             dqm[i] = __ldg(jobs.w[0].dq_map + i);
     __syncthreads();
-    const uint32_t lutb = (uint32_t)__cvta_generic_to_shared(lut);
     const unsigned b = blockIdx.x;
     /* constant job indices keep the parameters in parameter space */
     if (b < jobs.first[1])
-        mq_block<T, W>(jobs.w[0], x, m, jobs.e[0], jobs.y[0], b, lutb, dqm, part);
+        mq_block<T, W>(jobs.w[0], x, m, jobs.e[0], jobs.y[0], b, dqm, part);
     else if (b < jobs.first[2])
-        mq_block<T, W>(jobs.w[1], x, m, jobs.e[1], jobs.y[1], b - jobs.first[1], lutb, dqm, part);
+        mq_block<T, W>(jobs.w[1], x, m, jobs.e[1], jobs.y[1], b - jobs.first[1], dqm, part);
     else
-        mq_block<T, W>(jobs.w[2], x, m, jobs.e[2], jobs.y[2], b - jobs.first[2], lutb, dqm, part);
+        mq_block<T, W>(jobs.w[2], x, m, jobs.e[2], jobs.y[2], b - jobs.first[2], dqm, part);
 }
 
 bool mq_launch(const mq_jobs &jobs, const float *x, int m, qdtype T, cudaStream_t s, qerr *err)

@@ -128,10 +128,14 @@ __device__ __forceinline__ void gv_stage_x(const float *__restrict__ x, uint64_t
         }
 }
 
-/* Each warp's rows at tile column kk: 16-byte vectors and (4-bit) scales. */
-template <int WD>
-__device__ __forceinline__ void gv_load(const mm_weight &w, const float *dqm, uint64_t row0,
-                                        uint64_t col, uint4 v[GV_ROWS], float sc[GV_ROWS])
+/* Each warp's rows at tile column kk: 16-byte vectors and (4-bit) scales.
+ * With double quantization sc gets the qabsmax byte (as bits) only, and
+ * gv_scales finishes the scale when the vectors are used: the map lookup
+ * depends on the byte, and waiting for it here would stall the warp for a
+ * memory round trip at every prefetch. */
+template <int WD, int DQ>
+__device__ __forceinline__ void gv_load(const mm_weight &w, uint64_t row0, uint64_t col,
+                                        uint4 v[GV_ROWS], float sc[GV_ROWS])
 {
     constexpr int ESZ = WD == QDT_F32 ? 4 : 2; /* bytes per value; 4-bit handled apart */
     for (int r = 0; r < GV_ROWS; r++) {
@@ -143,14 +147,32 @@ __device__ __forceinline__ void gv_load(const mm_weight &w, const float *dqm, ui
             const unsigned char *p = (const unsigned char *)w.data;
             if (WD == Q4) {
                 v[r] = __ldg(reinterpret_cast<const uint4 *>(p + (f >> 1)));
-                uint64_t b = f >> w.bs_shift; /* as mm_block_absmax, the map in shared memory */
-                sc[r] = w.absmax ? __ldg(w.absmax + b)
-                                 : __fadd_rn(__fmul_rn(dqm[__ldg(w.qabsmax + b)],
-                                                       __ldg(w.absmax2 + (b >> 8))),
-                                             w.absmax_offset);
+                uint64_t b = f >> w.bs_shift;
+                const bool dq = DQ == 2 ? !w.absmax : DQ == 1;
+                sc[r] = dq ? __uint_as_float(__ldg(w.qabsmax + b)) : __ldg(w.absmax + b);
             } else {
                 v[r] = __ldg(reinterpret_cast<const uint4 *>(p + f * ESZ));
             }
+        }
+    }
+}
+
+/* The 4-bit scales of vectors gv_load brought for column col: as loaded,
+ * or rebuilt from double quantization as mm_block_absmax does (the map in
+ * shared memory; absmax2, one per 256 blocks, is an L1 hit). */
+template <int WD, int DQ>
+__device__ __forceinline__ void gv_scales(const mm_weight &w, const float *dqm, uint64_t row0,
+                                          uint64_t col, const float sc[GV_ROWS],
+                                          float out[GV_ROWS])
+{
+#pragma unroll
+    for (int r = 0; r < GV_ROWS; r++) {
+        out[r] = sc[r];
+        const bool dq = DQ == 2 ? !w.absmax : DQ == 1;
+        if (WD == Q4 && dq && row0 + r < w.N) {
+            const uint64_t b = ((row0 + r) * w.K + col) >> w.bs_shift;
+            out[r] = __fadd_rn(__fmul_rn(dqm[__float_as_uint(sc[r])], __ldg(w.absmax2 + (b >> 8))),
+                               w.absmax_offset);
         }
     }
 }
@@ -186,7 +208,7 @@ __device__ __forceinline__ void gv_groups(const uint4 cur[GV_ROWS], const float 
 
 /* Block `blk` of one weight's product (the tables lut and dqm are written
  * by the kernel before; the first barrier below publishes them). */
-template <int WD, int M, int T>
+template <int WD, int M, int T, int DQ>
 __device__ __forceinline__ void gv_block(const mm_weight &w, const float *__restrict__ x,
                                          int x_vec, int rt, const mm_epi &e,
                                          float *__restrict__ y, unsigned blk, float *xs,
@@ -215,15 +237,17 @@ __device__ __forceinline__ void gv_block(const mm_weight &w, const float *__rest
         uint4 cur[GV_ROWS];
         float csc[GV_ROWS];
         if (kk < kt)
-            gv_load<WD>(w, dqm, row0, k0 + kk, cur, csc);
+            gv_load<WD, DQ>(w, row0, k0 + kk, cur, csc);
         for (; kk < kt; kk += G::KS * G::STEP) {
             uint4 nxt[GV_ROWS];
             float nsc[GV_ROWS];
             const bool more = kk + G::KS * G::STEP < kt;
             if (more) /* keep the next vectors in flight while these are used */
-                gv_load<WD>(w, dqm, row0, k0 + kk + G::KS * G::STEP, nxt, nsc);
+                gv_load<WD, DQ>(w, row0, k0 + kk + G::KS * G::STEP, nxt, nsc);
             const float *xp = xs + G::pad(kk);
-            gv_groups<WD, M, T, 0>(cur, csc, lutb, rt, xp, acc);
+            float scale[GV_ROWS];
+            gv_scales<WD, DQ>(w, dqm, row0, k0 + kk, csc, scale);
+            gv_groups<WD, M, T, 0>(cur, scale, lutb, rt, xp, acc);
             if (more) {
 #pragma unroll
                 for (int r = 0; r < GV_ROWS; r++)
@@ -276,7 +300,7 @@ struct gv_jobs {
     unsigned first[GV_MAX_JOBS + 1];
 };
 
-template <int WD, int M, int T>
+template <int WD, int M, int T, int DQ>
 __global__ void __launch_bounds__(GV_MAX_THREADS, M == 1 ? 3 : 2)
     gemv_fast(const __grid_constant__ gv_jobs jobs, const float *__restrict__ x, int x_vec,
               int rt)
@@ -296,12 +320,12 @@ __global__ void __launch_bounds__(GV_MAX_THREADS, M == 1 ? 3 : 2)
     const uint32_t lutb = (uint32_t)__cvta_generic_to_shared(lut);
     /* constant job indices keep the parameters in parameter space */
     if (b < jobs.first[1])
-        gv_block<WD, M, T>(jobs.w[0], x, x_vec, rt, jobs.e[0], jobs.y[0], b, xs, lutb, dqm, part);
+        gv_block<WD, M, T, DQ>(jobs.w[0], x, x_vec, rt, jobs.e[0], jobs.y[0], b, xs, lutb, dqm, part);
     else if (b < jobs.first[2])
-        gv_block<WD, M, T>(jobs.w[1], x, x_vec, rt, jobs.e[1], jobs.y[1], b - jobs.first[1], xs,
+        gv_block<WD, M, T, DQ>(jobs.w[1], x, x_vec, rt, jobs.e[1], jobs.y[1], b - jobs.first[1], xs,
                            lutb, dqm, part);
     else
-        gv_block<WD, M, T>(jobs.w[2], x, x_vec, rt, jobs.e[2], jobs.y[2], b - jobs.first[2], xs,
+        gv_block<WD, M, T, DQ>(jobs.w[2], x, x_vec, rt, jobs.e[2], jobs.y[2], b - jobs.first[2], xs,
                            lutb, dqm, part);
 }
 
@@ -372,8 +396,19 @@ template <int WD, int M, int T>
 void gv_launch(const gv_jobs &jobs, const float *x, bool x_vec, int rt, cudaStream_t s)
 {
     using G = gv_geom<WD, M>;
-    gemv_fast<WD, M, T><<<jobs.first[GV_MAX_JOBS], G::THREADS, G::SMEM, s>>>(jobs, x,
-                                                                            x_vec ? 1 : 0, rt);
+    const unsigned blocks = jobs.first[GV_MAX_JOBS];
+    /* 4-bit decode (m = 1) is compiled apart with and without double
+     * quantization: the scale logic of the other costs registers and stack
+     * in the 80-register kernel (llama-2-7b nf4 decode 274.6 -> 260.3 tok/s
+     * on an H100 with one kernel for both). Other shapes decide at run time. */
+    if constexpr (WD == Q4 && M == 1) {
+        if (jobs.w[0].absmax)
+            gemv_fast<WD, M, T, 0><<<blocks, G::THREADS, G::SMEM, s>>>(jobs, x, x_vec ? 1 : 0, rt);
+        else
+            gemv_fast<WD, M, T, 1><<<blocks, G::THREADS, G::SMEM, s>>>(jobs, x, x_vec ? 1 : 0, rt);
+    } else {
+        gemv_fast<WD, M, T, 2><<<blocks, G::THREADS, G::SMEM, s>>>(jobs, x, x_vec ? 1 : 0, rt);
+    }
 }
 
 #define GV_M_ROW(WD, T)                                                                          \

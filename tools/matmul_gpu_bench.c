@@ -7,6 +7,7 @@
  * tests/gpu/test_gpu_matmul.c's job.
  *
  *   matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16]
+ *                    [-m 1|4|8|16|512]   (one m only)
  */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
@@ -176,7 +177,7 @@ static double copy_gbps(cudaStream_t s, size_t bytes, int iters)
 
 int main(int argc, char **argv)
 {
-    int iters = 50;
+    int iters = 50, only_m = 0;
     const char *only = NULL;
     qdtype T = QDT_F16;
     for (int i = 1; i < argc; i++) {
@@ -189,6 +190,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "-k: unknown weight kind '%s' (nf4, nf4+dq, int8, f16)\n", only);
                 return 2;
             }
+        } else if (!strcmp(argv[i], "-m") && i + 1 < argc) {
+            only_m = atoi(argv[++i]);
+            if (only_m != 1 && only_m != 4 && only_m != 8 && only_m != 16 && only_m != 512) {
+                fprintf(stderr, "-m: one of 1, 4, 8, 16, 512\n");
+                return 2;
+            }
         } else if (!strcmp(argv[i], "-c") && i + 1 < argc) {
             int t = qdtype_from_name(argv[++i]);
             if (t != QDT_F16 && t != QDT_BF16 && t != QDT_F32) {
@@ -197,7 +204,7 @@ int main(int argc, char **argv)
             }
             T = (qdtype)t;
         } else {
-            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16]\n");
+            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16] [-m 1|4|8|16|512]\n");
             return 2;
         }
     }
@@ -215,18 +222,23 @@ int main(int argc, char **argv)
     }
     static const struct {
         uint64_t N, K;
-    } shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {4544, 4544}, {18176, 4544}};
+    } shapes[] = {{4096, 4096},  {11008, 4096}, {4096, 11008},
+                  {4672, 4544}, {4544, 4544},  {18176, 4544}, {4544, 18176}};
     static const char *kinds[] = {"nf4", "nf4+dq", "int8", "f16"};
     static const int ms[] = {1, 4, 8, 16, 512};
     const int max_m = 512;
     cudaStream_t s;
-    CHECK(cudaStreamCreate(&s));
-    qk_blas *bl = qk_blas_create(s, qk_matmul_workspace_size(max_m, 18176, 11008, T), &err);
+    int greatest = 0;
+    CHECK(cudaDeviceGetStreamPriorityRange(NULL, &greatest));
+    /* the highest priority, as the CUDA backend's stream (the prefill
+     * tiles' side stream yields to it) */
+    CHECK(cudaStreamCreateWithPriority(&s, cudaStreamDefault, greatest));
+    qk_blas *bl = qk_blas_create(s, qk_matmul_workspace_size(max_m, 18176, 18176, T), &err);
     if (!bl) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    float *x = dev_floats((size_t)max_m * 11008, -1.0f, 1.0f);
+    float *x = dev_floats((size_t)max_m * 18176, -1.0f, 1.0f);
     float *y = NULL;
     CHECK(cudaMalloc((void **)&y, (size_t)max_m * 18176 * sizeof(float)));
     printf("%s, compute %s, %d iterations; copy bandwidth (read side) %.0f GB/s\n", info.name,
@@ -245,6 +257,10 @@ int main(int argc, char **argv)
                    (unsigned long long)shapes[si].K);
             for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
                 int m = ms[mi];
+                if (only_m && m != only_m) {
+                    printf(m <= QK_GEMV_MAX_M ? " %14s" : " | %15s", "-");
+                    continue;
+                }
                 double t = time_matmul(bl, s, &b.w, x, m, T, y, iters);
                 if (m <= QK_GEMV_MAX_M)
                     printf(" %7.1f (%4.0f)", t * 1e6, (double)b.bytes / t / 1e9);

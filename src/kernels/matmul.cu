@@ -5,15 +5,18 @@
  *    cols % 4 == 0, else a dp4a tiled kernel) and the output assembly;
  *  - m <= QK_GEMV_MAX_M: the fused dequantize-GEMV;
  *  - else: x converted to T (exact: the engine's activations are already
- *    T values), weight rows dequantized to T in chunks of at most
- *    MM_CHUNK_BYTES (f32/f16/bf16 weights stored in T are used in place),
- *    cublasGemmEx with f32 accumulation (CUBLAS_COMPUTE_32F in the default
- *    math mode: no TF32), then bias + round_to in one small kernel.
+ *    T values), the weight dequantized to T in tiles of at most
+ *    MM_TILE_BYTES (tile_plan; f32/f16/bf16 weights stored in T are used
+ *    in place), cublasGemmEx per tile with f32 accumulation
+ *    (CUBLAS_COMPUTE_32F in the default math mode: no TF32; column tiles
+ *    add to y), then bias + round_to in one small kernel. The tiles are
+ *    written on a side stream into MM_SLOTS slots taken in turn, so that
+ *    writing one overlaps the GEMMs and other work before it (tiled_gemm).
  *
  * Workspace layout (offsets from plan_for, 256-byte aligned):
  *   [cuBLAS workspace | x in T, or the int8 activations | int8 row scales,
- *    outlier flags, outlier list and count | chunk: dequantized rows, or
- *    the int32 products of a row chunk]. */
+ *    outlier flags, outlier list and count | chunk: the int32 products of a
+ *    row chunk, or at the workspace's end the tile slots]. */
 #include <cublas_v2.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,18 +27,45 @@
 /* cuBLAS' own workspace: set explicitly so that a GEMM captured into a graph
  * never allocates. 32 MiB is what cuBLAS asks for on Hopper. */
 #define MM_BLAS_WS ((size_t)32 << 20)
-/* Upper bound of one chunk of dequantized rows (or int32 products). 16 MiB
- * (to keep the chunk in the H100's L2 for cuBLAS) measured slower: nf4
- * pp512 11.6k tok/s against 17.2k with 64 MiB (docs/perf.md). */
+/* Upper bound of one chunk of int32 products (int8 prefill). */
 #define MM_CHUNK_BYTES ((size_t)64 << 20)
+/* Prefill tiles of dequantized weight: at most MM_TILE_BYTES, at most
+ * MM_TILE_ROWS rows, in MM_SLOTS slots. Smaller tiles split more weights
+ * along K, each split adding a GEMM and a pass over y: 16-48 MiB measured
+ * slower than 64 on an H100 even where a tile would stay in its L2; 5120
+ * rows slower than 8192; a third slot gained under 1% (docs/perf.md). */
+#define MM_TILE_BYTES ((size_t)64 << 20)
+#define MM_TILE_ROWS 8192
+#define MM_SLOTS 2
 /* Shapes past this many elements in one buffer are refused (no overflow). */
 #define MM_MAX_ELEMS ((uint64_t)1 << 46)
+
+/* A prefill tile slot: the workspace bytes its last tile took, and the
+ * events of that tile. */
+struct mm_slot {
+    size_t lo, hi;
+    cudaEvent_t read; /* recorded after the GEMM that read the slot */
+    cudaEvent_t ready; /* recorded on the side stream after it was written */
+};
 
 struct qk_blas {
     cublasHandle_t h;
     cudaStream_t stream;
     unsigned char *ws;
     size_t ws_bytes;
+    size_t tile_bytes; /* dequantization tile budget (prefill) */
+    /* Prefill dequantizes tiles on `side` into two slots at the end of the
+     * workspace, taken in turn, while `stream` multiplies: a tile waits only
+     * for the readers of the bytes it overwrites, so it is written while
+     * the GEMM of the one before runs and, since the host enqueues ahead of
+     * the device, often while the attention and norms before its own product
+     * run. */
+    cudaStream_t side;
+    mm_slot slot[MM_SLOTS];
+    int next;        /* the slot of the next tile */
+    bool after_all;  /* tiles wait for all earlier main-stream work (main_wrote) */
+    cudaEvent_t now; /* the main stream's position, for after_all */
+    size_t front_hi; /* the highest end of any call's regions before its chunk */
 };
 
 namespace {
@@ -57,11 +87,36 @@ uint64_t umax(uint64_t a, uint64_t b) { return a > b ? a : b; }
 uint64_t umin(uint64_t a, uint64_t b) { return a < b ? a : b; }
 size_t elt_size(qdtype T) { return T == QDT_F32 ? 4 : 2; }
 
-/* Rows of a dequantized chunk: as many as fit MM_CHUNK_BYTES, at least 1. */
-uint64_t dq_chunk_rows(uint64_t N, uint64_t K, qdtype T)
+/* A tile of dequantized weight: nc rows x kc cols. */
+struct mm_tile {
+    uint64_t nc, kc;
+};
+
+/* The dequantization tiles of an N x K weight within `budget` bytes: the
+ * whole weight when it fits, else N split evenly into parts of at most
+ * MM_TILE_ROWS rows and, where such a part of full rows does not fit, K
+ * split evenly into parts that do. Both are multiples of 64 (but the last
+ * part) so that the tiles' corners in x and y stay 16-byte aligned: cuBLAS
+ * runs misaligned operands several times slower (docs/perf.md). */
+mm_tile tile_plan(uint64_t N, uint64_t K, qdtype T, size_t budget)
 {
-    return umax(1, umin(N, MM_CHUNK_BYTES / elt_size(T) / K));
+    const uint64_t cap = umax(1, budget / elt_size(T)); /* elements */
+    if (N * K <= cap)
+        return {N, K};
+    const uint64_t rows = MM_TILE_ROWS;
+    uint64_t parts = (N + rows - 1) / rows;
+    uint64_t nc = umin(N, ((N + parts - 1) / parts + 63) & ~(uint64_t)63);
+    if (nc * K <= cap)
+        return {nc, K};
+    uint64_t kmax = (cap / nc) & ~(uint64_t)63;
+    if (kmax == 0) { /* a budget under 64 rows of 64: narrower tiles */
+        nc = umax(1, umin(nc, cap / 64));
+        return {nc, umax(1, umin(K, cap / nc))};
+    }
+    parts = (K + kmax - 1) / kmax;
+    return {nc, ((K + parts - 1) / parts + 63) & ~(uint64_t)63};
 }
+
 /* Rows of an int32 product chunk for m activation rows. */
 uint64_t i8_chunk_rows(uint64_t N, uint64_t m)
 {
@@ -80,7 +135,7 @@ bool plan_for(uint64_t m, uint64_t N, uint64_t K, qdtype T, mm_plan *p)
         return false;
     const uint64_t e = elt_size(T);
     uint64_t act = m * K * e;
-    uint64_t dq = umax(K, umin(N * K, MM_CHUNK_BYTES / e)) * e;
+    uint64_t dq = umin(N * K, umax(1, MM_TILE_BYTES / e)) * e;
     uint64_t i8 = (umax(m, umin(N * m, MM_CHUNK_BYTES / 4)) + 3 * m) * 4;
     size_t off = align256(MM_BLAS_WS);
     p->act = off;
@@ -94,7 +149,7 @@ bool plan_for(uint64_t m, uint64_t N, uint64_t K, qdtype T, mm_plan *p)
     p->nout = off;
     off += align256(sizeof(unsigned));
     p->chunk = off;
-    off += align256(umax(dq, i8));
+    off += align256(umax(MM_SLOTS * align256(dq), i8));
     p->total = off;
     return true;
 }
@@ -145,16 +200,144 @@ cudaDataType blas_type(qdtype T)
     return T == QDT_F16 ? CUDA_R_16F : T == QDT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
 }
 
-/* y[:, n0 .. n0+nc) = x_T · A_Tᵀ, A = nc rows of K values in T. */
-bool gemm_rows(qk_blas *b, const void *A, const void *xT, qdtype T, uint64_t nc, int m,
-               uint64_t K, float *y, uint64_t N, qerr *err)
+/* y[:, n0 .. n0+nc) (+)= x_T[:, k0 .. k0+kc) · Aᵀ, A = nc rows of kc values
+ * in T (xT points at column k0 of x, rows ldx apart); accumulate: add to y's
+ * f32 sums of the earlier column tiles. */
+bool gemm_tile(qk_blas *b, const void *A, const void *xT, qdtype T, uint64_t nc, int m,
+               uint64_t kc, uint64_t ldx, bool accumulate, float *y, uint64_t N, qerr *err)
 {
     const float one = 1.0f, zero = 0.0f;
     cudaDataType dt = blas_type(T);
-    return blas_ok(cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nc, m, (int)K, &one, A, dt,
-                                (int)K, xT, dt, (int)K, &zero, y, CUDA_R_32F, (int)N,
-                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+    return blas_ok(cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nc, m, (int)kc, &one, A, dt,
+                                (int)kc, xT, dt, (int)ldx, accumulate ? &one : &zero, y,
+                                CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                    "matmul: cublasGemmEx", err);
+}
+
+bool capturing(const qk_blas *b, bool *yes, qerr *err)
+{
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (!qk_ok(cudaStreamIsCapturing(b->stream, &cs), "matmul: cudaStreamIsCapturing", err))
+        return false;
+    *yes = cs != cudaStreamCaptureStatusNone;
+    return true;
+}
+
+/* The tiles of a weight in order: row-major over (row part, column part). */
+struct tile_iter {
+    mm_tile t;
+    uint64_t N, K, parts_k, count;
+    void at(uint64_t i, uint64_t *n0, uint64_t *nc, uint64_t *k0, uint64_t *kc) const
+    {
+        *n0 = i / parts_k * t.nc, *k0 = i % parts_k * t.kc;
+        *nc = umin(t.nc, N - *n0), *kc = umin(t.kc, K - *k0);
+    }
+};
+
+tile_iter tiles_of(const qk_blas *b, uint64_t N, uint64_t K, qdtype T)
+{
+    tile_iter it;
+    it.t = tile_plan(N, K, T, b->tile_bytes);
+    it.N = N, it.K = K, it.parts_k = (K + it.t.kc - 1) / it.t.kc;
+    it.count = (N + it.t.nc - 1) / it.t.nc * it.parts_k;
+    return it;
+}
+
+/* Enqueue tile i of `it` on the side stream into the next slot (slot
+ * size `sz` from the end of the workspace), after the readers of every slot
+ * whose last bytes it overlaps; *j: the slot. */
+bool side_dequant(qk_blas *b, const mm_weight &mw, qdtype T, const tile_iter &it, uint64_t i,
+                  size_t sz, int *j, qerr *err)
+{
+    const int ns = MM_SLOTS, s = b->next;
+    b->next = (s + 1) % ns;
+    const size_t lo = b->ws_bytes - (size_t)(ns - s) * sz, hi = lo + sz;
+    /* The slots are taken in turn, so after the last reader of this slot
+     * only the other slots' last tiles were read: wait for those too where
+     * their bytes overlap (a different tile size), or where these bytes
+     * reach below the end of some call's x / int8 regions (a tight
+     * workspace). */
+    for (int k = 0; k < ns; k++)
+        if ((k == s || (lo < b->slot[k].hi && b->slot[k].lo < hi) || lo < b->front_hi) &&
+            !qk_ok(cudaStreamWaitEvent(b->side, b->slot[k].read, 0),
+                   "matmul: cudaStreamWaitEvent", err))
+            return false;
+    if (b->after_all &&
+        (!qk_ok(cudaEventRecord(b->now, b->stream), "matmul: cudaEventRecord", err) ||
+         !qk_ok(cudaStreamWaitEvent(b->side, b->now, 0), "matmul: cudaStreamWaitEvent", err)))
+        return false;
+    b->slot[s].lo = lo, b->slot[s].hi = hi;
+    uint64_t n0, nc, k0, kc;
+    it.at(i, &n0, &nc, &k0, &kc);
+    *j = s;
+    return mm_dequant(mw, T, n0, nc, k0, kc, b->ws + lo, b->side, err) &&
+           qk_ok(cudaEventRecord(b->slot[s].ready, b->side), "matmul: cudaEventRecord", err);
+}
+
+/* The main stream wrote workspace bytes [lo, hi) (int8 products, tiles
+ * in a capture): tiles written there later wait for that work. A capture
+ * cannot record events for the side stream, and its graph may be replayed
+ * at any later point of the main stream: from then on every tile waits for
+ * all the main stream's work enqueued before it. */
+bool main_wrote(qk_blas *b, size_t lo, size_t hi, qerr *err)
+{
+    bool cap;
+    if (!capturing(b, &cap, err))
+        return false;
+    if (cap) {
+        b->after_all = true;
+        return true;
+    }
+    for (int k = 0; k < MM_SLOTS; k++) {
+        b->slot[k].lo = umin(b->slot[k].lo, lo), b->slot[k].hi = umax(b->slot[k].hi, hi);
+        if (!qk_ok(cudaEventRecord(b->slot[k].read, b->stream), "matmul: cudaEventRecord", err))
+            return false;
+    }
+    return true;
+}
+
+/* The weight's tiles dequantized and multiplied in turn: tile i + 1 is
+ * written on the side stream while the GEMM of tile i runs. In a graph
+ * capture (which would need the side stream joined to it) the tiles take
+ * turns on the captured stream instead. */
+bool tiled_gemm(qk_blas *b, const mm_weight &mw, const void *xT, int m, qdtype T, float *y,
+                qerr *err)
+{
+    const uint64_t N = mw.N, K = mw.K;
+    const tile_iter it = tiles_of(b, N, K, T);
+    const size_t xe = elt_size(T), sz = align256(it.t.nc * it.t.kc * xe);
+    bool cap;
+    if (!capturing(b, &cap, err))
+        return false;
+    const bool piped = !cap;
+    int j = 0;
+    if (piped && !side_dequant(b, mw, T, it, 0, sz, &j, err))
+        return false;
+    for (uint64_t i = 0; i < it.count; i++) {
+        uint64_t n0, nc, k0, kc;
+        it.at(i, &n0, &nc, &k0, &kc);
+        int jn = j;
+        if (piped && i + 1 < it.count && !side_dequant(b, mw, T, it, i + 1, sz, &jn, err))
+            return false;
+        void *tile = b->ws + b->ws_bytes - sz;
+        if (piped) {
+            tile = b->ws + b->slot[j].lo;
+            if (!qk_ok(cudaStreamWaitEvent(b->stream, b->slot[j].ready, 0),
+                       "matmul: cudaStreamWaitEvent", err))
+                return false;
+        } else if (!mm_dequant(mw, T, n0, nc, k0, kc, tile, b->stream, err)) {
+            return false;
+        }
+        if (!gemm_tile(b, tile, (const char *)xT + k0 * xe, T, nc, m, kc, K, k0 > 0, y + n0, N,
+                       err))
+            return false;
+        if (piped && !qk_ok(cudaEventRecord(b->slot[j].read, b->stream), "matmul: cudaEventRecord",
+                            err))
+            return false;
+        j = jn;
+    }
+    /* in a capture the main stream wrote the last slot's bytes */
+    return piped || main_wrote(b, b->ws_bytes - sz, b->ws_bytes, err);
 }
 
 bool float_prefill(qk_blas *b, const qweight *w, const mm_weight &mw, const float *x, int m,
@@ -168,17 +351,10 @@ bool float_prefill(qk_blas *b, const qweight *w, const mm_weight &mw, const floa
             return false;
     }
     if ((qdtype)w->dtype == T) { /* stored in T already: no copy */
-        if (!gemm_rows(b, w->data, xT, T, N, m, K, y, N, err))
+        if (!gemm_tile(b, w->data, xT, T, N, m, K, K, false, y, N, err))
             return false;
-    } else {
-        const uint64_t rows = dq_chunk_rows(N, K, T);
-        void *chunk = b->ws + p.chunk;
-        for (uint64_t n0 = 0; n0 < N; n0 += rows) {
-            uint64_t nc = umin(rows, N - n0);
-            if (!mm_dequant(mw, T, n0 * K, nc * K, chunk, b->stream, err) ||
-                !gemm_rows(b, chunk, xT, T, nc, m, K, y + n0, N, err))
-                return false;
-        }
+    } else if (!tiled_gemm(b, mw, xT, m, T, y, err)) {
+        return false;
     }
     if (e.bias || e.round_to != QDT_F32)
         return mm_bias_round(y, m, N, e, b->stream, err);
@@ -212,7 +388,7 @@ bool int8_prefill(qk_blas *b, const mm_weight &mw, const float *x, int m, const 
         if (!mm_i8_finish(mw, n0, nc, m, acc, ldc, x, a, T, e, y, b->stream, err))
             return false;
     }
-    return true;
+    return main_wrote(b, p.chunk, p.total, err);
 }
 
 } /* namespace */
@@ -239,6 +415,7 @@ qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
     }
     b->stream = stream;
     b->ws_bytes = workspace_bytes;
+    b->tile_bytes = MM_TILE_BYTES;
     cudaError_t ce = cudaMalloc((void **)&b->ws, workspace_bytes);
     if (ce != cudaSuccess) {
         qerr_set(err, QRUN_ERR_DEVICE, "matmul: cudaMalloc of a %zu-byte workspace: %s",
@@ -254,6 +431,26 @@ qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
         qk_blas_free(b);
         return NULL;
     }
+    if (!qk_ok(cudaStreamCreateWithFlags(&b->side, cudaStreamNonBlocking),
+               "matmul: cudaStreamCreate", err)) {
+        b->side = NULL;
+        qk_blas_free(b);
+        return NULL;
+    }
+    if (!qk_ok(cudaEventCreateWithFlags(&b->now, cudaEventDisableTiming),
+               "matmul: cudaEventCreate", err)) {
+        b->now = NULL;
+        qk_blas_free(b);
+        return NULL;
+    }
+    for (int j = 0; j < MM_SLOTS; j++)
+        if (!qk_ok(cudaEventCreateWithFlags(&b->slot[j].ready, cudaEventDisableTiming),
+                   "matmul: cudaEventCreate", err) ||
+            !qk_ok(cudaEventCreateWithFlags(&b->slot[j].read, cudaEventDisableTiming),
+                   "matmul: cudaEventCreate", err)) {
+            qk_blas_free(b);
+            return NULL;
+        }
     if (!blas_ok(cublasSetStream(b->h, stream), "matmul: cublasSetStream", err) ||
         !blas_ok(cublasSetWorkspace(b->h, b->ws, MM_BLAS_WS), "matmul: cublasSetWorkspace", err) ||
         !blas_ok(cublasSetMathMode(b->h, CUBLAS_DEFAULT_MATH), "matmul: cublasSetMathMode",
@@ -264,12 +461,27 @@ qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
     return b;
 }
 
+void qk_blas_set_tile_bytes(qk_blas *b, size_t bytes)
+{
+    b->tile_bytes = umax(1, umin(bytes, MM_TILE_BYTES));
+}
+
 void qk_blas_free(qk_blas *b)
 {
     if (!b)
         return;
     if (b->h)
         cublasDestroy(b->h);
+    for (int j = 0; j < MM_SLOTS; j++) {
+        if (b->slot[j].ready)
+            cudaEventDestroy(b->slot[j].ready);
+        if (b->slot[j].read)
+            cudaEventDestroy(b->slot[j].read);
+    }
+    if (b->now)
+        cudaEventDestroy(b->now);
+    if (b->side)
+        cudaStreamDestroy(b->side);
     if (b->ws)
         cudaFree(b->ws);
     free(b);
@@ -287,6 +499,7 @@ bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compu
                  (unsigned long long)w->rows, (unsigned long long)w->cols, b->ws_bytes);
         return false;
     }
+    b->front_hi = umax(b->front_hi, p.chunk);
     const mm_weight mw = make_weight(w);
     mm_epi e;
     e.bias_dt = bias_dt;
@@ -344,6 +557,7 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
             qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: workspace too small");
             return false;
         }
+        b->front_hi = umax(b->front_hi, p.chunk);
         mm_i8acts a;
         a.ca = (int8_t *)(b->ws + p.act);
         a.sca = (float *)(b->ws + p.sca);

@@ -8,7 +8,7 @@
  *    quantized), int8 (LLM.int8 with outlier columns, threshold 0 included)
  *    and f16/bf16/f32 weights;
  *  - prefill (larger m): the weight is dequantized (to the compute dtype) in
- *    row chunks into the workspace and multiplied with cuBLAS (f32
+ *    tiles into the workspace and multiplied with cuBLAS (f32
  *    accumulation); f16/bf16 weights go to cuBLAS directly. int8 uses the
  *    exact int32 product (integer arithmetic is exact, so the int8 part
  *    equals the CPU's bit for bit) plus the outlier columns.
@@ -32,7 +32,7 @@ typedef struct qk_blas qk_blas;
 
 /* Workspace bytes qk_matmul needs for products of up to max_m rows with any
  * weight of at most max_n rows and max_k columns, in compute dtype
- * `compute` (dequantized chunks, int8 activations, cuBLAS workspace). */
+ * `compute` (dequantized tiles, int8 activations, cuBLAS workspace). */
 size_t qk_matmul_workspace_size(int max_m, uint64_t max_n, uint64_t max_k, qdtype compute);
 
 /* Create the cuBLAS handle bound to `stream` with `workspace_bytes` of device
@@ -40,6 +40,11 @@ size_t qk_matmul_workspace_size(int max_m, uint64_t max_n, uint64_t max_k, qdtyp
  * naming cuBLAS or the allocation and its size) on failure. */
 qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err);
 void qk_blas_free(qk_blas *b);
+
+/* Prefill dequantizes weights in tiles of at most this many bytes (default
+ * and maximum: what the workspace was sized for); tests lower it to reach
+ * the tiled paths with small weights. */
+void qk_blas_set_tile_bytes(qk_blas *b, size_t bytes);
 
 /* y[m, w->rows] = round_to(x[m, w->cols] · Wᵀ + bias). w's pointers (data,
  * absmax, qabsmax, absmax2, dq_map, scb) and bias are device pointers; x and

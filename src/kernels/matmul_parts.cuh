@@ -6,7 +6,7 @@
  *                       on tensor cores (the common decode case);
  *  - matmul_int8.cu     LLM.int8: activation quantizer, GEMV, int32 GEMM
  *                       fallback and the output assembly;
- *  - matmul_dequant.cu  prefill helpers: weight rows dequantized into the
+ *  - matmul_dequant.cu  prefill helpers: weight tiles dequantized into the
  *                       workspace, x converted to the compute dtype, the
  *                       bias + round_to epilogue after cuBLAS.
  * Every launcher enqueues on `s`, never synchronizes, and reports a failed
@@ -128,10 +128,11 @@ bool mm_gemv_q4_mma(const mm_weight &w, const float *x, int m, qdtype T, const m
 bool mm_gemv_q4_mma_multi(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
                           const float *x, int m, qdtype T, cudaStream_t s, qerr *err);
 
-/* Flat weight elements [f0, f0 + count) as compute-dtype values (W_T) into
- * out (T-typed, 16-byte aligned). Not for int8. */
-bool mm_dequant(const mm_weight &w, qdtype T, uint64_t f0, uint64_t count, void *out,
-                cudaStream_t s, qerr *err);
+/* The weight tile rows [n0, n0 + nr) x cols [k0, k0 + kr) as compute-dtype
+ * values (W_T) into out, nr rows of kr (T-typed, 16-byte aligned). Not for
+ * int8. */
+bool mm_dequant(const mm_weight &w, qdtype T, uint64_t n0, uint64_t nr, uint64_t k0,
+                uint64_t kr, void *out, cudaStream_t s, qerr *err);
 
 /* out[i] = RNE_T(x[i]) as T values, i < count (T = F16 or BF16). */
 bool mm_convert_x(const float *x, uint64_t count, qdtype T, void *out, cudaStream_t s,

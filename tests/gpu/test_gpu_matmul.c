@@ -79,7 +79,7 @@ static void setup(void)
     CUDA_OK(cudaStreamCreate(&stream));
     qerr err = {0};
     uint64_t nk = quick ? 1024 : BIG;
-    size_t ws = qk_matmul_workspace_size(MAX_M, nk, nk, QDT_F32);
+    size_t ws = qk_matmul_workspace_size(MAX_M, quick ? nk : 10241, nk, QDT_F32);
     blas = qk_blas_create(stream, ws, &err);
     ck_assert_msg(blas != NULL, "qk_blas_create(%zu): %s", ws, err.msg);
 }
@@ -478,7 +478,10 @@ START_TEST(plain_matches_cpu)
 }
 END_TEST
 
-/* 4544 x 4544 (Falcon-7B's hidden size), a few kinds and paths. */
+/* 4544 x 4544 (Falcon-7B's hidden size), a few kinds and paths; prefill
+ * (m = 9) dequantizes weights in tiles (matmul.cu tile_plan) of at most
+ * `tile` MiB (0: the default, 64): f32 4544 x 4544 splits its columns in
+ * two, 10241 x 4544 its rows in three, and with 4 MiB both split. */
 START_TEST(large_shape_matches_cpu)
 {
     if (quick)
@@ -487,18 +490,25 @@ START_TEST(large_shape_matches_cpu)
         const wkind *kind;
         qdtype T;
         int m;
+        uint64_t N;
+        size_t tile;
     } cases[] = {
-        {&K_NF4, QDT_BF16, 1}, {&K_NF4DQ, QDT_F16, 9}, {&K_FP4, QDT_F32, 3},
-        {&K_I8T6, QDT_F16, 1}, {&K_I8T6, QDT_BF16, 9}, {&K_F16, QDT_F16, 9},
-        {&K_BF16, QDT_BF16, 1},
+        {&K_NF4, QDT_BF16, 1, BIG, 0},    {&K_NF4DQ, QDT_F16, 9, BIG, 4},
+        {&K_FP4, QDT_F32, 3, BIG, 0},     {&K_FP4, QDT_F32, 9, BIG, 0},
+        {&K_NF4, QDT_BF16, 9, 10241, 0},  {&K_NF4, QDT_F16, 9, 10241, 4},
+        {&K_I8T6, QDT_F16, 1, BIG, 0},    {&K_I8T6, QDT_BF16, 9, BIG, 0},
+        {&K_F16, QDT_F16, 9, BIG, 0},     {&K_BF16, QDT_F32, 9, BIG, 4},
+        {&K_BF16, QDT_BF16, 1, BIG, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tweight t;
-        tw_build(&t, cases[i].kind, BIG, BIG, 64);
+        tw_build(&t, cases[i].kind, cases[i].N, BIG, 64);
+        qk_blas_set_tile_bytes(blas, cases[i].tile ? cases[i].tile << 20 : SIZE_MAX);
         run_case(&t, cases[i].T, cases[i].m, (int)i);
         tw_free(&t);
     }
-    print_worst("with 4544x4544");
+    qk_blas_set_tile_bytes(blas, SIZE_MAX);
+    print_worst("with 4544 cols");
 }
 END_TEST
 
@@ -575,6 +585,75 @@ START_TEST(multi_equals_separate)
         cudaFree(dx);
         free(x);
     }
+}
+END_TEST
+
+/* Prefill tiles are written on a side stream into two workspace slots
+ * while the main stream multiplies (matmul.cu tiled_gemm): products of
+ * different tile sizes, int8 products (which use the same bytes on the main
+ * stream) and decode products enqueued back to back give, bit for bit, what
+ * each gives alone with the device idle before and after it. 1 MiB tiles:
+ * several row and column tiles per weight. */
+START_TEST(tile_slots_interleave_safely)
+{
+    const int m = 17;
+    const uint64_t K = quick ? 1024 : 2048;
+    static const struct {
+        const wkind *kind;
+        uint64_t N;
+        int m;
+    } ws[] = {{&K_NF4, 700, 17}, {&K_NF4DQ, 300, 17}, {&K_I8T6, 90, 17},
+              {&K_FP4, 40, 17},  {&K_NF4, 700, 1},   {&K_BF16, 500, 17}};
+    enum { NW = sizeof ws / sizeof ws[0], ROUNDS = 3 };
+    tweight t[NW];
+    for (int i = 0; i < NW; i++)
+        tw_build(&t[i], ws[i].kind, ws[i].N, K, 64);
+    qk_blas_set_tile_bytes(blas, 1 << 20);
+    float *x = make_x(&t[0], QDT_F16, m, 0), *dx, *dy[ROUNDS][NW];
+    CUDA_OK(cudaMalloc((void **)&dx, (size_t)m * K * 4));
+    CUDA_OK(cudaMemcpy(dx, x, (size_t)m * K * 4, cudaMemcpyHostToDevice));
+    for (int r = 0; r < ROUNDS; r++)
+        for (int i = 0; i < NW; i++)
+            CUDA_OK(cudaMalloc((void **)&dy[r][i], (size_t)ws[i].m * ws[i].N * 4));
+    qerr err = {0};
+    /* round 0 alone, each product followed by a synchronization */
+    for (int i = 0; i < NW; i++) {
+        ck_assert_msg(qk_matmul(blas, &t[i].d, dx, ws[i].m, QDT_F16, QDT_F32, NULL, QDT_F16,
+                                dy[0][i], &err),
+                      "%s", err.msg);
+        CUDA_OK(cudaStreamSynchronize(stream));
+    }
+    /* rounds 1.. back to back, in a different order each time */
+    for (int r = 1; r < ROUNDS; r++)
+        for (int n = 0; n < NW; n++) {
+            const int i = r == 1 ? n : NW - 1 - n;
+            ck_assert_msg(qk_matmul(blas, &t[i].d, dx, ws[i].m, QDT_F16, QDT_F32, NULL,
+                                    QDT_F16, dy[r][i], &err),
+                          "%s", err.msg);
+        }
+    CUDA_OK(cudaStreamSynchronize(stream));
+    for (int i = 0; i < NW; i++) {
+        const size_t n = (size_t)ws[i].m * ws[i].N;
+        float *a = malloc(n * 4), *b = malloc(n * 4);
+        CUDA_OK(cudaMemcpy(a, dy[0][i], n * 4, cudaMemcpyDeviceToHost));
+        for (int r = 1; r < ROUNDS; r++) {
+            CUDA_OK(cudaMemcpy(b, dy[r][i], n * 4, cudaMemcpyDeviceToHost));
+            ck_assert_msg(memcmp(a, b, n * 4) == 0,
+                          "%s %llu x %llu, m %d: round %d differs from the product alone",
+                          t[i].kind->name, (unsigned long long)ws[i].N, (unsigned long long)K,
+                          ws[i].m, r);
+        }
+        free(a);
+        free(b);
+    }
+    qk_blas_set_tile_bytes(blas, SIZE_MAX);
+    for (int r = 0; r < ROUNDS; r++)
+        for (int i = 0; i < NW; i++)
+            cudaFree(dy[r][i]);
+    for (int i = 0; i < NW; i++)
+        tw_free(&t[i]);
+    free(x);
+    cudaFree(dx);
 }
 END_TEST
 
@@ -663,7 +742,7 @@ START_TEST(bad_arguments_refused)
     ck_assert_uint_eq(qk_matmul_workspace_size(0, 10, 10, QDT_F32), SIZE_MAX);
     ck_assert_uint_eq(qk_matmul_workspace_size(4, 10, 10, QDT_I8), SIZE_MAX);
     /* workspace sized for m <= 8 refuses m = 77 */
-    qk_blas *small = qk_blas_create(stream, qk_matmul_workspace_size(8, 64, 64, QDT_F32), &err);
+    qk_blas *small = qk_blas_create(stream, qk_matmul_workspace_size(8, 64, 64, QDT_F16), &err);
     ck_assert_msg(small != NULL, "%s", err.msg);
     tweight t;
     tw_build(&t, &K_NF4, 64, 64, 64);
@@ -709,6 +788,7 @@ int main(void)
     tcase_add_test(tc, large_shape_matches_cpu);
     tcase_add_test(tc, graph_replay_matches_cpu);
     tcase_add_test(tc, multi_equals_separate);
+    tcase_add_test(tc, tile_slots_interleave_safely);
     tcase_add_test(tc, bad_arguments_refused);
     suite_add_tcase(s, tc);
     /* The CUDA driver is initialized above and a forked child cannot use

@@ -203,14 +203,12 @@ __global__ void __launch_bounds__(1024)
 
 /* ---- output assembly -------------------------------------------------------- */
 
-/* Output (mi, n) from its exact int32 product, as src/cpu/matmul.c int8_task
- * and then round_to. */
-__device__ float i8_output(const mm_weight &w, int32_t acc, int mi, uint64_t n,
-                           const float *__restrict__ x, const mm_i8acts &a, unsigned nout, int T,
-                           const mm_epi &e)
+/* Output (mi, n) from its exact int32 product as src/cpu/matmul.c int8_task
+ * has it before the outlier columns: int8_mm_dequant, the bias, in T. */
+__device__ __forceinline__ float i8_base(const mm_weight &w, int32_t acc, int mi, uint64_t n,
+                                         const mm_i8acts &a, int T, const mm_epi &e)
 {
-    const float scb = w.scb[n];
-    const float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), a.sca[mi]), scb);
+    const float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), a.sca[mi]), w.scb[n]);
     const float b = mm_bias(e, n);
     float y16;
     if (e.bias && T == QDT_F16) { /* bitsandbytes fuses an f16 bias */
@@ -220,19 +218,40 @@ __device__ float i8_output(const mm_weight &w, int32_t acc, int mi, uint64_t n,
         if (e.bias)
             y16 = round_f16(__fadd_rn(y16, b));
     }
-    float yt = qk_round(y16, (qdtype)T);
-    if (nout) { /* addmm(y, X[:, O], dequant(CB[:, O]).to(T)ᵀ), columns ascending */
-        const int8_t *cbr = (const int8_t *)w.data + n * w.K;
-        const float *xr = x + (uint64_t)mi * w.K;
-        float s = 0.0f;
-        for (unsigned j = 0; j < nout; j++) {
-            unsigned o = a.ocols[j];
-            float wv = qk_round(__fmul_rn(__fmul_rn((float)cbr[o], scb), MM_INV127), (qdtype)T);
-            s = __fadd_rn(s, __fmul_rn(qk_round(xr[o], (qdtype)T), wv));
-        }
+    return qk_round(y16, (qdtype)T);
+}
+
+/* Outlier column o of weight row n as T: dequant(CB[n, o]).to(T). */
+__device__ __forceinline__ float i8_outlier_w(const mm_weight &w, uint64_t n, unsigned o, int T)
+{
+    const float cb = (float)((const int8_t *)w.data)[n * w.K + o];
+    return qk_round(__fmul_rn(__fmul_rn(cb, w.scb[n]), MM_INV127), (qdtype)T);
+}
+
+/* The finished output from i8_base's yt and the outlier sum s (nout > 0:
+ * addmm in T), rounded to round_to. */
+__device__ __forceinline__ float i8_final(float yt, float s, unsigned nout, int T,
+                                          const mm_epi &e)
+{
+    if (nout)
         yt = qk_round(__fadd_rn(yt, s), (qdtype)T);
-    }
     return qk_round(yt, (qdtype)e.round_to);
+}
+
+/* Output (mi, n) from its exact int32 product, as src/cpu/matmul.c int8_task
+ * and then round_to (one thread, outlier columns summed in ascending order). */
+__device__ float i8_output(const mm_weight &w, int32_t acc, int mi, uint64_t n,
+                           const float *__restrict__ x, const mm_i8acts &a, unsigned nout, int T,
+                           const mm_epi &e)
+{
+    const float yt = i8_base(w, acc, mi, n, a, T, e);
+    const float *xr = x + (uint64_t)mi * w.K;
+    float s = 0.0f; /* addmm(y, X[:, O], dequant(CB[:, O]).to(T)ᵀ), columns ascending */
+    for (unsigned j = 0; j < nout; j++) {
+        const unsigned o = a.ocols[j];
+        s = __fadd_rn(s, __fmul_rn(qk_round(xr[o], (qdtype)T), i8_outlier_w(w, n, o, T)));
+    }
+    return i8_final(yt, s, nout, T, e);
 }
 
 /* ---- decode ---------------------------------------------------------------- */
@@ -416,18 +435,64 @@ __global__ void __launch_bounds__(256)
         }
 }
 
-__global__ void i8_finish(mm_weight w, uint64_t n0, uint64_t nc, int m,
-                          const int32_t *__restrict__ acc, uint64_t ldc,
-                          const float *__restrict__ x, mm_i8acts a, int T, mm_epi e,
-                          float *__restrict__ y)
+/* Prefill outputs [m, nc] from the int32 products: a block takes FT_M rows
+ * of x and FT_N weight rows; the outlier columns come in chunks of FT_J, their
+ * x values (in T) and dequantized weights staged in shared memory once per
+ * block instead of once per output (the weights are a gather across rows,
+ * which per output made the whole int8 prefill crawl), and each output still
+ * sums them one by one in ascending order as the CPU does. */
+constexpr int FT_M = 32, FT_N = 64, FT_J = 32, FT_THREADS = 256;
+constexpr int FT_TM = 2, FT_TN = 4; /* outputs per thread: 16 x 16 threads cover the tile */
+
+__global__ void __launch_bounds__(FT_THREADS)
+    i8_finish(mm_weight w, uint64_t n0, uint64_t nc, int m, const int32_t *__restrict__ acc,
+              uint64_t ldc, const float *__restrict__ x, mm_i8acts a, int T, mm_epi e,
+              float *__restrict__ y)
 {
-    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (uint64_t)m * nc)
-        return;
-    int mi = (int)(i / nc);
-    uint64_t j = i - (uint64_t)mi * nc;
-    y[(uint64_t)mi * w.N + n0 + j] =
-        i8_output(w, acc[(uint64_t)mi * ldc + j], mi, n0 + j, x, a, *a.nout, T, e);
+    __shared__ float xs[FT_M][FT_J + 1], wsh[FT_N][FT_J + 1];
+    const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+    const int mb = blockIdx.y * FT_M;
+    const uint64_t nb = (uint64_t)blockIdx.x * FT_N;
+    const unsigned nout = *a.nout;
+    float s[FT_TM][FT_TN];
+    for (int i = 0; i < FT_TM; i++)
+        for (int k = 0; k < FT_TN; k++)
+            s[i][k] = 0.0f;
+    for (unsigned j0 = 0; j0 < nout; j0 += FT_J) {
+        const int jc = (int)min((unsigned)FT_J, nout - j0);
+        for (int idx = tid; idx < FT_M * FT_J; idx += FT_THREADS) {
+            const int i = idx / FT_J, jj = idx % FT_J;
+            float v = 0.0f;
+            if (mb + i < m && jj < jc)
+                v = qk_round(x[(uint64_t)(mb + i) * w.K + a.ocols[j0 + jj]], (qdtype)T);
+            xs[i][jj] = v;
+        }
+        for (int idx = tid; idx < FT_N * FT_J; idx += FT_THREADS) {
+            const int r = idx / FT_J, jj = idx % FT_J;
+            float v = 0.0f;
+            if (nb + r < nc && jj < jc)
+                v = i8_outlier_w(w, n0 + nb + r, a.ocols[j0 + jj], T);
+            wsh[r][jj] = v;
+        }
+        __syncthreads();
+        for (int jj = 0; jj < jc; jj++)
+#pragma unroll
+            for (int i = 0; i < FT_TM; i++)
+#pragma unroll
+                for (int k = 0; k < FT_TN; k++)
+                    s[i][k] = __fadd_rn(s[i][k],
+                                        __fmul_rn(xs[ty * FT_TM + i][jj], wsh[tx * FT_TN + k][jj]));
+        __syncthreads();
+    }
+    for (int i = 0; i < FT_TM; i++)
+        for (int k = 0; k < FT_TN; k++) {
+            const int mi = mb + ty * FT_TM + i;
+            const uint64_t r = nb + (uint64_t)tx * FT_TN + k;
+            if (mi < m && r < nc) {
+                const float yt = i8_base(w, acc[(uint64_t)mi * ldc + r], mi, n0 + r, a, T, e);
+                y[(uint64_t)mi * w.N + n0 + r] = i8_final(yt, s[i][k], nout, T, e);
+            }
+        }
 }
 
 typedef void (*i8_launch_fn)(const mm_weight &, const float *, const mm_i8acts &, int,
@@ -497,7 +562,7 @@ bool mm_i8_finish(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int
                   uint64_t ldc, const float *x, const mm_i8acts &a, qdtype T, const mm_epi &e,
                   float *y, cudaStream_t s, qerr *err)
 {
-    i8_finish<<<qk_div_up((uint64_t)m * nc, 256), 256, 0, s>>>(w, n0, nc, m, acc, ldc, x, a, T,
-                                                                e, y);
+    const dim3 grid(qk_div_up(nc, FT_N), qk_div_up((uint64_t)m, FT_M));
+    i8_finish<<<grid, FT_THREADS, 0, s>>>(w, n0, nc, m, acc, ldc, x, a, T, e, y);
     return qk_launched("matmul: i8_finish", err);
 }

@@ -342,6 +342,8 @@ static void *falcon_bind(const qbin_file *f, const cJSON *hp, qmodel_io *io, qer
         io->lm_head.w.data = io->embed;
     } else if (!qmodel_bind_linear(f, &io->lm_head, false, V, H, err, "lm_head"))
         goto fail;
+    io->uses_xn2 = m->wiring == FALCON_PARALLEL_TWO; /* ln_mlp's output */
+    io->uses_ff_b = false;
     return m;
 fail:
     falcon_unbind(m);

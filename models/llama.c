@@ -210,6 +210,8 @@ static void *llama_bind(const qbin_file *f, const cJSON *hp, qmodel_io *io, qerr
         io->lm_head.w.data = io->embed;
     } else if (!qmodel_bind_linear(f, &io->lm_head, false, V, H, err, "lm_head"))
         goto fail;
+    io->uses_xn2 = false;
+    io->uses_ff_b = true; /* gate and up */
     return m;
 fail:
     llama_unbind(m);

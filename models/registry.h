@@ -68,12 +68,15 @@ typedef struct qmodel_sizes {
     int qkv_fused; /* width of a fused query_key_value output, 0 when separate */
 } qmodel_sizes;
 
-/* Bound by `bind` for the engine. lm_head is the embedding table when tied. */
+/* Bound by `bind` for the engine. lm_head is the embedding table when tied.
+ * uses_xn2 / uses_ff_b: whether `forward` uses those buffers (qmodel_run);
+ * the engine allocates them only then. */
 typedef struct qmodel_io {
     const void *embed;   /* [vocab, hidden] */
     qdtype embed_dt;
     qbk_norm final_norm;
     qbk_linear lm_head;
+    bool uses_xn2, uses_ff_b;
 } qmodel_io;
 
 /* One forward piece: tokens at positions [p0, p0 + n) whose hidden states
@@ -83,7 +86,8 @@ typedef struct qmodel_io {
  * runs one range on each. kv holds the range's layers only: block i uses
  * cache layer i - layer_begin. Buffers hold the session's n_batch rows: x,
  * xn, xn2, attn, tmp [.., hidden]; q [.., Hq·D]; k, v [.., Hkv·D]; qkv
- * [.., qkv_fused] (NULL when 0); ff_a, ff_b [.., ffn]. */
+ * [.., qkv_fused] (NULL when 0); ff_a, ff_b [.., ffn]; xn2 and ff_b are NULL
+ * unless bind asked for them (qmodel_io). */
 typedef struct qmodel_run {
     const qbackend_ops *ops;
     qbackend *be;

@@ -436,9 +436,10 @@ static bool part_init(qctx *c, qpart *p, const qbackend_ops *ops, const qbackend
         return false;
     const qbackend_ops *B = ops;
     /* activations of one piece; widths per qmodel_run */
+    const qmodel_io *io = &c->e->io;
     if (!(p->x = B->buf_alloc(p->be, nb, s->hidden, err)) ||
         !(p->xn = B->buf_alloc(p->be, nb, s->hidden, err)) ||
-        !(p->xn2 = B->buf_alloc(p->be, nb, s->hidden, err)) ||
+        (io->uses_xn2 && !(p->xn2 = B->buf_alloc(p->be, nb, s->hidden, err))) ||
         !(p->tmp = B->buf_alloc(p->be, nb, s->hidden, err)) ||
         !(p->q = B->buf_alloc(p->be, nb, Q, err)) ||
         !(p->attn = B->buf_alloc(p->be, nb, Q, err)) ||
@@ -446,7 +447,7 @@ static bool part_init(qctx *c, qpart *p, const qbackend_ops *ops, const qbackend
         !(p->v = B->buf_alloc(p->be, nb, KV, err)) ||
         (s->qkv_fused && !(p->qkv = B->buf_alloc(p->be, nb, s->qkv_fused, err))) ||
         !(p->ff_a = B->buf_alloc(p->be, nb, s->ffn, err)) ||
-        !(p->ff_b = B->buf_alloc(p->be, nb, s->ffn, err)))
+        (io->uses_ff_b && !(p->ff_b = B->buf_alloc(p->be, nb, s->ffn, err))))
         return false;
     if (output && (!(p->lg_in = B->buf_alloc(p->be, c->lg_rows, s->hidden, err)) ||
                    !(p->logits = B->buf_alloc(p->be, c->lg_rows, s->vocab, err))))

@@ -99,8 +99,9 @@ static gpu_mem session_mem(const qengine *e, int n_ctx, int n_batch, qdtype kv_t
     const uint64_t lg = n_batch < 16 ? (uint64_t)n_batch : 16;
     gpu_mem m;
     m.kv = (uint64_t)n_gpu * 2u * KV * (uint64_t)n_ctx * (kv_type == QDT_F16 ? 2u : 4u);
-    m.act = (uint64_t)n_batch * (4 * H + 2 * Q + 2 * KV + (uint64_t)s->qkv_fused + 2 * F) * 4u +
-            (out ? lg * (H + V) * 4u : 0);
+    const uint64_t rows_w = (3 + (e->io.uses_xn2 ? 1 : 0)) * H + 2 * Q + 2 * KV +
+                            (uint64_t)s->qkv_fused + (1 + (e->io.uses_ff_b ? 1 : 0)) * F;
+    m.act = (uint64_t)n_batch * rows_w * 4u + (out ? lg * (H + V) * 4u : 0);
     uint64_t rows, cols;
     engine_gpu_linear_max(e, out, &rows, &cols);
     m.work = qk_matmul_workspace_size(n_batch, rows, cols, compute) +

@@ -125,9 +125,9 @@ uint64_t i8_chunk_rows(uint64_t N, uint64_t m)
 
 /* The layout for m rows with an N x K weight. Every region size is a
  * nondecreasing function of (m, N, K), so the plan of the workspace's
- * maxima covers every smaller call; the chunk bounds the row counts above:
- * rows·K <= max(K, min(N·K, CHUNK/e)), and rows rounded up to 4 (ldc) times
- * m <= max(m, min(N·m, CHUNK/4)) + 3m. */
+ * maxima covers every smaller call; the chunk region holds MM_SLOTS tiles
+ * of at most min(N·K, TILE/e) values (tile_plan), or int32 products of rows
+ * rounded up to 4 (ldc) times m <= max(m, min(N·m, CHUNK/4)) + 3m. */
 bool plan_for(uint64_t m, uint64_t N, uint64_t K, qdtype T, mm_plan *p)
 {
     if (m == 0 || N == 0 || K == 0 || m > MM_MAX_ELEMS / K || N > MM_MAX_ELEMS / K ||
@@ -243,6 +243,10 @@ tile_iter tiles_of(const qk_blas *b, uint64_t N, uint64_t K, qdtype T)
     return it;
 }
 
+/* Where the tile slots end: the workspace's end rounded down to 256 bytes
+ * (plan totals are multiples of 256, so a plan that fits still does). */
+size_t slots_end(const qk_blas *b) { return b->ws_bytes & ~(size_t)255; }
+
 /* Enqueue tile i of `it` on the side stream into the next slot (slot
  * size `sz` from the end of the workspace), after the readers of every slot
  * whose last bytes it overlaps; *j: the slot. */
@@ -251,7 +255,7 @@ bool side_dequant(qk_blas *b, const mm_weight &mw, qdtype T, const tile_iter &it
 {
     const int ns = MM_SLOTS, s = b->next;
     b->next = (s + 1) % ns;
-    const size_t lo = b->ws_bytes - (size_t)(ns - s) * sz, hi = lo + sz;
+    const size_t lo = slots_end(b) - (size_t)(ns - s) * sz, hi = lo + sz;
     /* The slots are taken in turn, so after the last reader of this slot
      * only the other slots' last tiles were read: wait for those too where
      * their bytes overlap (a different tile size), or where these bytes
@@ -319,9 +323,8 @@ bool tiled_gemm(qk_blas *b, const mm_weight &mw, const void *xT, int m, qdtype T
         int jn = j;
         if (piped && i + 1 < it.count && !side_dequant(b, mw, T, it, i + 1, sz, &jn, err))
             return false;
-        void *tile = b->ws + b->ws_bytes - sz;
+        void *tile = b->ws + (piped ? b->slot[j].lo : slots_end(b) - sz);
         if (piped) {
-            tile = b->ws + b->slot[j].lo;
             if (!qk_ok(cudaStreamWaitEvent(b->stream, b->slot[j].ready, 0),
                        "matmul: cudaStreamWaitEvent", err))
                 return false;
@@ -337,7 +340,7 @@ bool tiled_gemm(qk_blas *b, const mm_weight &mw, const void *xT, int m, qdtype T
         j = jn;
     }
     /* in a capture the main stream wrote the last slot's bytes */
-    return piped || main_wrote(b, b->ws_bytes - sz, b->ws_bytes, err);
+    return piped || main_wrote(b, slots_end(b) - sz, slots_end(b), err);
 }
 
 bool float_prefill(qk_blas *b, const qweight *w, const mm_weight &mw, const float *x, int m,

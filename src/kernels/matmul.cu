@@ -1,32 +1,31 @@
 /* qk_matmul: the entry points of matmul.h. Chooses the path from the shape
  * and m alone (so a captured graph replays the same launches):
  *  - int8: quantize the activations, then the dp4a GEMV (m <= 8) or, per
- *    chunk of weight rows, the exact int32 product (cuBLAS int8 GEMM where
- *    cols % 4 == 0, else a dp4a tiled kernel) and the output assembly;
+ *    chunk of weight rows, the exact int32 product (cuBLASLt int8 GEMM where
+ *    cols % 4 == 0 and it has an algorithm, else a dp4a tiled kernel) and
+ *    the output assembly;
  *  - m <= QK_GEMV_MAX_M: the fused dequantize-GEMV;
  *  - else: x converted to T (exact: the engine's activations are already
  *    T values), the weight dequantized to T in tiles of at most
  *    MM_TILE_BYTES (tile_plan; f32/f16/bf16 weights stored in T are used
- *    in place), cublasGemmEx per tile with f32 accumulation
- *    (CUBLAS_COMPUTE_32F in the default math mode: no TF32; column tiles
- *    add to y), then bias + round_to in one small kernel. The tiles are
- *    written on a side stream into MM_SLOTS slots taken in turn, so that
- *    writing one overlaps the GEMMs and other work before it (tiled_gemm).
+ *    in place), a cuBLASLt GEMM per tile with f32 accumulation (no TF32;
+ *    column tiles add to y; cuda/blas_lt.h), then bias + round_to in one
+ *    small kernel. The tiles are written on a side stream into MM_SLOTS
+ *    slots taken in turn, so that writing one overlaps the work before it
+ *    (tiled_gemm).
  *
- * Workspace layout (offsets from plan_for, 256-byte aligned):
- *   [cuBLAS workspace | x in T, or the int8 activations | int8 row scales,
+ * Workspace layout (offsets from plan_for, 256-byte aligned; the GEMMs
+ * themselves take none):
+ *   [x in T, or the int8 activations | int8 row scales,
  *    outlier flags, outlier list and count | chunk: the int32 products of a
  *    row chunk, or at the workspace's end the tile slots]. */
-#include <cublas_v2.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda/blas_lt.h"
 #include "kernels/matmul_parts.cuh"
 #include "quant.h"
 
-/* cuBLAS' own workspace: set explicitly so that a GEMM captured into a graph
- * never allocates. 32 MiB is what cuBLAS asks for on Hopper. */
-#define MM_BLAS_WS ((size_t)32 << 20)
 /* Upper bound of one chunk of int32 products (int8 prefill). */
 #define MM_CHUNK_BYTES ((size_t)64 << 20)
 /* Prefill tiles of dequantized weight: at most MM_TILE_BYTES, at most
@@ -49,17 +48,17 @@ struct mm_slot {
 };
 
 struct qk_blas {
-    cublasHandle_t h;
+    blas_lt *lt;
     cudaStream_t stream;
     unsigned char *ws;
     size_t ws_bytes;
     size_t tile_bytes; /* dequantization tile budget (prefill) */
-    /* Prefill dequantizes tiles on `side` into two slots at the end of the
-     * workspace, taken in turn, while `stream` multiplies: a tile waits only
-     * for the readers of the bytes it overwrites, so it is written while
-     * the GEMM of the one before runs and, since the host enqueues ahead of
-     * the device, often while the attention and norms before its own product
-     * run. */
+    /* Prefill dequantizes tiles on `side` into MM_SLOTS slots at the end
+     * of the workspace, taken in turn, while `stream` multiplies: a tile
+     * waits only for the readers of the bytes it overwrites, so, since the
+     * host enqueues ahead of the device, it is often written while the
+     * attention and norms before its own product run (and, with several
+     * slots, while the GEMM of the tile before runs). */
     cudaStream_t side;
     mm_slot slot[MM_SLOTS];
     int next;        /* the slot of the next tile */
@@ -69,14 +68,6 @@ struct qk_blas {
 };
 
 namespace {
-
-bool blas_ok(cublasStatus_t st, const char *what, qerr *err)
-{
-    if (st == CUBLAS_STATUS_SUCCESS)
-        return true;
-    qerr_set(err, QRUN_ERR_DEVICE, "%s: cuBLAS %s", what, cublasGetStatusName(st));
-    return false;
-}
 
 struct mm_plan {
     size_t act, sca, flags, ocols, nout, chunk, total;
@@ -137,7 +128,7 @@ bool plan_for(uint64_t m, uint64_t N, uint64_t K, qdtype T, mm_plan *p)
     uint64_t act = m * K * e;
     uint64_t dq = umin(N * K, umax(1, MM_TILE_BYTES / e)) * e;
     uint64_t i8 = (umax(m, umin(N * m, MM_CHUNK_BYTES / 4)) + 3 * m) * 4;
-    size_t off = align256(MM_BLAS_WS);
+    size_t off = 0;
     p->act = off;
     off += align256(act);
     p->sca = off;
@@ -206,12 +197,14 @@ cudaDataType blas_type(qdtype T)
 bool gemm_tile(qk_blas *b, const void *A, const void *xT, qdtype T, uint64_t nc, int m,
                uint64_t kc, uint64_t ldx, bool accumulate, float *y, uint64_t N, qerr *err)
 {
-    const float one = 1.0f, zero = 0.0f;
-    cudaDataType dt = blas_type(T);
-    return blas_ok(cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nc, m, (int)kc, &one, A, dt,
-                                (int)kc, xT, dt, (int)ldx, accumulate ? &one : &zero, y,
-                                CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                   "matmul: cublasGemmEx", err);
+    bool declined;
+    if (!blas_lt_gemm(b->lt, blas_type(T), A, kc, xT, ldx, y, N, nc, (uint64_t)m, kc, accumulate,
+                      b->stream, &declined, err))
+        return false;
+    if (declined)
+        qerr_set(err, QRUN_ERR_DEVICE, "matmul: cuBLASLt has no algorithm for %llu x %d x %llu",
+                 (unsigned long long)nc, m, (unsigned long long)kc);
+    return !declined;
 }
 
 bool capturing(const qk_blas *b, bool *yes, qerr *err)
@@ -300,10 +293,12 @@ bool main_wrote(qk_blas *b, size_t lo, size_t hi, qerr *err)
     return true;
 }
 
-/* The weight's tiles dequantized and multiplied in turn: tile i + 1 is
- * written on the side stream while the GEMM of tile i runs. In a graph
- * capture (which would need the side stream joined to it) the tiles take
- * turns on the captured stream instead. */
+/* The weight's tiles dequantized and multiplied in turn: tile i is
+ * written on the side stream up to MM_SLOTS - 1 tiles ahead of the GEMM
+ * of tile i, and after the GEMMs that read its slot before (their events
+ * are recorded before it is enqueued). In a graph capture (which would need
+ * the side stream joined to it) the tiles take turns on the captured stream
+ * instead. */
 bool tiled_gemm(qk_blas *b, const mm_weight &mw, const void *xT, int m, qdtype T, float *y,
                 qerr *err)
 {
@@ -314,15 +309,15 @@ bool tiled_gemm(qk_blas *b, const mm_weight &mw, const void *xT, int m, qdtype T
     if (!capturing(b, &cap, err))
         return false;
     const bool piped = !cap;
-    int j = 0;
-    if (piped && !side_dequant(b, mw, T, it, 0, sz, &j, err))
-        return false;
+    int js[MM_SLOTS] = {0}; /* js[i % MM_SLOTS]: the slot of tile i */
+    uint64_t queued = 0; /* tiles enqueued on the side stream */
     for (uint64_t i = 0; i < it.count; i++) {
+        for (; piped && queued < it.count && queued < i + MM_SLOTS; queued++)
+            if (!side_dequant(b, mw, T, it, queued, sz, &js[queued % MM_SLOTS], err))
+                return false;
         uint64_t n0, nc, k0, kc;
         it.at(i, &n0, &nc, &k0, &kc);
-        int jn = j;
-        if (piped && i + 1 < it.count && !side_dequant(b, mw, T, it, i + 1, sz, &jn, err))
-            return false;
+        const int j = js[i % MM_SLOTS];
         void *tile = b->ws + (piped ? b->slot[j].lo : slots_end(b) - sz);
         if (piped) {
             if (!qk_ok(cudaStreamWaitEvent(b->stream, b->slot[j].ready, 0),
@@ -337,7 +332,6 @@ bool tiled_gemm(qk_blas *b, const mm_weight &mw, const void *xT, int m, qdtype T
         if (piped && !qk_ok(cudaEventRecord(b->slot[j].read, b->stream), "matmul: cudaEventRecord",
                             err))
             return false;
-        j = jn;
     }
     /* in a capture the main stream wrote the last slot's bytes */
     return piped || main_wrote(b, slots_end(b) - sz, slots_end(b), err);
@@ -376,15 +370,11 @@ bool int8_prefill(qk_blas *b, const mm_weight &mw, const float *x, int m, const 
     for (uint64_t n0 = 0; n0 < N; n0 += rows) {
         const uint64_t nc = umin(rows, N - n0), ldc = (nc + 3) & ~(uint64_t)3;
         if (blas) {
-            const int32_t one = 1, zero = 0;
-            cublasStatus_t st = cublasGemmEx(
-                b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nc, m, (int)K, &one,
-                (const int8_t *)mw.data + n0 * K, CUDA_R_8I, (int)K, a.ca, CUDA_R_8I, (int)K,
-                &zero, acc, CUDA_R_32I, (int)ldc, CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT);
-            if (st == CUBLAS_STATUS_NOT_SUPPORTED)
-                blas = false;
-            else if (!blas_ok(st, "matmul: int8 cublasGemmEx", err))
+            bool declined;
+            if (!blas_lt_gemm(b->lt, CUDA_R_8I, (const int8_t *)mw.data + n0 * K, K, a.ca, K, acc,
+                              ldc, nc, (uint64_t)m, K, false, b->stream, &declined, err))
                 return false;
+            blas = !declined;
         }
         if (!blas && !mm_i8_gemm(mw, n0, nc, m, a.ca, acc, ldc, b->stream, err))
             return false;
@@ -406,7 +396,7 @@ size_t qk_matmul_workspace_size(int max_m, uint64_t max_n, uint64_t max_k, qdtyp
 
 qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
 {
-    if (workspace_bytes < MM_BLAS_WS || workspace_bytes == SIZE_MAX) {
+    if (workspace_bytes == 0 || workspace_bytes == SIZE_MAX) {
         qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: workspace of %zu bytes is too small",
                  workspace_bytes);
         return NULL;
@@ -427,10 +417,8 @@ qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
         qk_blas_free(b);
         return NULL;
     }
-    cublasStatus_t st = cublasCreate(&b->h);
-    if (st != CUBLAS_STATUS_SUCCESS) {
-        b->h = NULL;
-        blas_ok(st, "matmul: cublasCreate", err);
+    b->lt = blas_lt_create(err);
+    if (!b->lt) {
         qk_blas_free(b);
         return NULL;
     }
@@ -454,13 +442,6 @@ qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
             qk_blas_free(b);
             return NULL;
         }
-    if (!blas_ok(cublasSetStream(b->h, stream), "matmul: cublasSetStream", err) ||
-        !blas_ok(cublasSetWorkspace(b->h, b->ws, MM_BLAS_WS), "matmul: cublasSetWorkspace", err) ||
-        !blas_ok(cublasSetMathMode(b->h, CUBLAS_DEFAULT_MATH), "matmul: cublasSetMathMode",
-                 err)) {
-        qk_blas_free(b);
-        return NULL;
-    }
     return b;
 }
 
@@ -473,8 +454,7 @@ void qk_blas_free(qk_blas *b)
 {
     if (!b)
         return;
-    if (b->h)
-        cublasDestroy(b->h);
+    blas_lt_free(b->lt);
     for (int j = 0; j < MM_SLOTS; j++) {
         if (b->slot[j].ready)
             cudaEventDestroy(b->slot[j].ready);

@@ -27,17 +27,17 @@ extern "C" {
 
 #define QK_GEMV_MAX_M 8
 
-/* cuBLAS handle and workspace of one stream (one per backend session). */
+/* cuBLASLt handle and workspace of one stream (one per backend session). */
 typedef struct qk_blas qk_blas;
 
 /* Workspace bytes qk_matmul needs for products of up to max_m rows with any
  * weight of at most max_n rows and max_k columns, in compute dtype
- * `compute` (dequantized tiles, int8 activations, cuBLAS workspace). */
+ * `compute` (dequantized tiles, x converted for cuBLASLt, int8 activations). */
 size_t qk_matmul_workspace_size(int max_m, uint64_t max_n, uint64_t max_k, qdtype compute);
 
-/* Create the cuBLAS handle bound to `stream` with `workspace_bytes` of device
+/* Create the cuBLASLt handle for `stream` with `workspace_bytes` of device
  * workspace (qk_matmul_workspace_size). NULL with an error (QRUN_ERR_DEVICE,
- * naming cuBLAS or the allocation and its size) on failure. */
+ * naming cuBLASLt or the allocation and its size) on failure. */
 qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err);
 void qk_blas_free(qk_blas *b);
 

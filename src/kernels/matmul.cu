@@ -32,10 +32,14 @@
  * MM_TILE_ROWS rows, in MM_SLOTS slots. Smaller tiles split more weights
  * along K, each split adding a GEMM and a pass over y: 16-48 MiB measured
  * slower than 64 on an H100 even where a tile would stay in its L2; 5120
- * rows slower than 8192; a third slot gained under 1% (docs/perf.md). */
+ * rows slower than 8192. One slot: a second one, so that a tile is written
+ * while the GEMM of the one before runs, made 7B prefill 1-2% faster on an
+ * H100 for 64 MiB more device memory, and a third under 1% more
+ * (docs/perf.md); with one slot the dequantization still overlaps the
+ * attention and norms before each product. */
 #define MM_TILE_BYTES ((size_t)64 << 20)
 #define MM_TILE_ROWS 8192
-#define MM_SLOTS 2
+#define MM_SLOTS 1
 /* Shapes past this many elements in one buffer are refused (no overflow). */
 #define MM_MAX_ELEMS ((uint64_t)1 << 46)
 

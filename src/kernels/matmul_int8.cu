@@ -256,27 +256,51 @@ __device__ float i8_output(const mm_weight &w, int32_t acc, int mi, uint64_t n,
 
 /* ---- decode ---------------------------------------------------------------- */
 
-/* As matmul_gemv.cu's fast kernel: GI8_ROWS weight rows per warp, 16-byte
- * vectors of 16 int8 values, the quantized activations staged in shared
- * memory (lanes read consecutive 16 bytes: no bank conflicts), 4 dp4a per
- * vector and x row. */
+/* As matmul_gemv.cu's fast kernel: a block owns I8_GROUPS groups of
+ * I8_ROWS weight rows; SLICES warps share a group (2 for m <= 4, where that
+ * measured faster), warp j of it taking every SLICES-th 512-byte slice of
+ * the columns. Lane l reads 16-byte vectors (16 int8 values) of the group's
+ * rows, its first ones before x is staged and the next ones before the
+ * current ones are used, so that a 4096-row weight (256 blocks, under 2 per
+ * SM) still has enough bytes in flight; the quantized activations are
+ * staged in shared memory (lanes read consecutive 16 bytes: no bank
+ * conflicts), 4 dp4a per vector and x row. The slices' int32 sums are added
+ * at the end: exact in any order. */
+constexpr int I8_GROUPS = 4;
+
 template <int M> struct i8_geom {
-    static constexpr int KT = M <= 4 ? 8192 : 4096; /* <= 32 KiB of activations */
+    /* 32 KiB of activations: for m = 1 every model's x in one tile, so the
+     * weight stream never drains at a tile barrier */
+    static constexpr int KT = 32768 / M / 16 * 16;
     static constexpr size_t SMEM = (size_t)M * KT;
+    static constexpr int SLICES = M <= 4 ? 2 : 1;
+    static constexpr int THREADS = I8_GROUPS * SLICES * 32;
 };
 
+/* The vectors of rows row0.. at column col (zero past N). */
+__device__ __forceinline__ void i8_load(const int8_t *cb, uint64_t N, uint64_t K, uint64_t row0,
+                                        uint64_t col, uint4 v[I8_ROWS])
+{
+#pragma unroll
+    for (int r = 0; r < I8_ROWS; r++)
+        v[r] = row0 + r < N ? __ldg(reinterpret_cast<const uint4 *>(cb + (row0 + r) * K + col))
+                            : make_uint4(0, 0, 0, 0);
+}
+
 template <int M>
-__global__ void __launch_bounds__(I8_THREADS)
+__global__ void __launch_bounds__(i8_geom<M>::THREADS)
     gemv_i8_fast(mm_weight w, const float *__restrict__ x, mm_i8acts a, int T, mm_epi e,
                  float *__restrict__ y)
 {
-    constexpr int KT = i8_geom<M>::KT, STEP = 32 * 16;
+    constexpr int KT = i8_geom<M>::KT, STEP = 32 * 16, SLICES = i8_geom<M>::SLICES;
     extern __shared__ uint4 i8_smem[];
+    __shared__ int part[I8_GROUPS][32]; /* the other slices' sums */
     int8_t *cs = reinterpret_cast<int8_t *>(i8_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp % I8_GROUPS, slice = warp / I8_GROUPS;
     const uint64_t N = w.N, K = w.K;
-    const uint64_t row0 = ((uint64_t)blockIdx.x * I8_WARPS + warp) * I8_ROWS;
-    const bool active = row0 < N;
+    const uint64_t row0 = ((uint64_t)blockIdx.x * I8_GROUPS + grp) * I8_ROWS;
+    const bool active = row0 < N; /* idle warps still help stage x */
     const int8_t *cb = (const int8_t *)w.data;
     int acc[I8_ROWS][M];
     for (int r = 0; r < I8_ROWS; r++)
@@ -284,9 +308,13 @@ __global__ void __launch_bounds__(I8_THREADS)
             acc[r][m] = 0;
     for (uint64_t k0 = 0; k0 < K; k0 += KT) {
         const int kt = (int)min((uint64_t)KT, K - k0);
+        int kk = lane * 16 + slice * STEP;
+        uint4 cur[I8_ROWS];
+        if (active && kk < kt) /* the weights do not wait for x */
+            i8_load(cb, N, K, row0, k0 + kk, cur);
         __syncthreads();
         const int q = kt / 16;
-        for (int i = threadIdx.x; i < M * q; i += I8_THREADS) {
+        for (int i = threadIdx.x; i < M * q; i += i8_geom<M>::THREADS) {
             int m = i / q, k = 16 * (i - m * q);
             *reinterpret_cast<uint4 *>(cs + m * KT + k) =
                 *reinterpret_cast<const uint4 *>(a.ca + (uint64_t)m * K + k0 + k);
@@ -294,30 +322,31 @@ __global__ void __launch_bounds__(I8_THREADS)
         __syncthreads();
         if (!active)
             continue;
-        for (int kk = lane * 16; kk < kt; kk += STEP) {
-            uint4 v[I8_ROWS];
-#pragma unroll
-            for (int r = 0; r < I8_ROWS; r++)
-                v[r] = row0 + r < N ? __ldg(reinterpret_cast<const uint4 *>(
-                                          cb + (row0 + r) * K + k0 + kk))
-                                    : make_uint4(0, 0, 0, 0);
+        for (; kk < kt; kk += SLICES * STEP) {
+            uint4 nxt[I8_ROWS];
+            const bool more = kk + SLICES * STEP < kt;
+            if (more) /* keep the next vectors in flight while these are used */
+                i8_load(cb, N, K, row0, k0 + kk + SLICES * STEP, nxt);
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 uint4 c = *reinterpret_cast<const uint4 *>(cs + m * KT + kk);
 #pragma unroll
                 for (int r = 0; r < I8_ROWS; r++) {
                     int s = acc[r][m];
-                    s = __dp4a((int)v[r].x, (int)c.x, s);
-                    s = __dp4a((int)v[r].y, (int)c.y, s);
-                    s = __dp4a((int)v[r].z, (int)c.z, s);
-                    s = __dp4a((int)v[r].w, (int)c.w, s);
+                    s = __dp4a((int)cur[r].x, (int)c.x, s);
+                    s = __dp4a((int)cur[r].y, (int)c.y, s);
+                    s = __dp4a((int)cur[r].z, (int)c.z, s);
+                    s = __dp4a((int)cur[r].w, (int)c.w, s);
                     acc[r][m] = s;
                 }
             }
+            if (more) {
+#pragma unroll
+                for (int r = 0; r < I8_ROWS; r++)
+                    cur[r] = nxt[r];
+            }
         }
     }
-    if (!active)
-        return;
 #pragma unroll
     for (int r = 0; r < I8_ROWS; r++)
 #pragma unroll
@@ -327,8 +356,9 @@ __global__ void __launch_bounds__(I8_THREADS)
                 s += __shfl_xor_sync(0xffffffffu, s, off);
             acc[r][m] = s;
         }
-    /* Lane r*M + m assembles output (row0 + r, m): one copy of the
-     * assembly code rather than one per unrolled (r, m). */
+    /* Lane r*M + m assembles output (row0 + r, m) in slice 0, after adding
+     * the other slices' sums: one copy of the assembly code rather than one
+     * per unrolled (r, m). */
     int mine = 0;
 #pragma unroll
     for (int r = 0; r < I8_ROWS; r++)
@@ -336,8 +366,16 @@ __global__ void __launch_bounds__(I8_THREADS)
         for (int m = 0; m < M; m++)
             if (lane == r * M + m)
                 mine = acc[r][m];
+    for (int j = 1; j < SLICES; j++) {
+        __syncthreads();
+        if (slice == j)
+            part[grp][lane] = mine;
+        __syncthreads();
+        if (slice == 0)
+            mine += part[grp][lane];
+    }
     const int r = lane / M, m = lane % M;
-    if (r < I8_ROWS && row0 + r < N)
+    if (slice == 0 && active && r < I8_ROWS && row0 + r < N)
         y[(uint64_t)m * N + row0 + r] = i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
 }
 
@@ -502,8 +540,8 @@ template <int M>
 void i8_launch(const mm_weight &w, const float *x, const mm_i8acts &a, int T, const mm_epi &e,
                float *y, cudaStream_t s)
 {
-    unsigned blocks = qk_div_up(w.N, (uint64_t)I8_WARPS * I8_ROWS);
-    gemv_i8_fast<M><<<blocks, I8_THREADS, i8_geom<M>::SMEM, s>>>(w, x, a, T, e, y);
+    unsigned blocks = qk_div_up(w.N, (uint64_t)I8_GROUPS * I8_ROWS);
+    gemv_i8_fast<M><<<blocks, i8_geom<M>::THREADS, i8_geom<M>::SMEM, s>>>(w, x, a, T, e, y);
 }
 
 const i8_launch_fn i8_fast[QK_GEMV_MAX_M] = {i8_launch<1>, i8_launch<2>, i8_launch<3>,

@@ -257,23 +257,25 @@ __device__ float i8_output(const mm_weight &w, int32_t acc, int mi, uint64_t n,
 /* ---- decode ---------------------------------------------------------------- */
 
 /* As matmul_gemv.cu's fast kernel: a block owns I8_GROUPS groups of
- * I8_ROWS weight rows; SLICES warps share a group (2 for m <= 4, where that
- * measured faster), warp j of it taking every SLICES-th 512-byte slice of
- * the columns. Lane l reads 16-byte vectors (16 int8 values) of the group's
- * rows, its first ones before x is staged and the next ones before the
+ * I8_ROWS weight rows; for m <= 4 (AHEAD) two warps share a group, warp j
+ * of it taking every other 512-byte slice of the columns, and each lane
+ * loads its first vectors before x is staged and its next ones before the
  * current ones are used, so that a 4096-row weight (256 blocks, under 2 per
- * SM) still has enough bytes in flight; the quantized activations are
- * staged in shared memory (lanes read consecutive 16 bytes: no bank
- * conflicts), 4 dp4a per vector and x row. The slices' int32 sums are added
- * at the end: exact in any order. */
+ * SM) still has enough bytes in flight. For m > 4 the accumulators leave no
+ * registers for that (measured slower): one warp per group, loads as used.
+ * Lane l reads 16-byte vectors (16 int8 values) of the group's rows; the
+ * quantized activations are staged in shared memory (lanes read consecutive
+ * 16 bytes: no bank conflicts), 4 dp4a per vector and x row. The slices'
+ * int32 sums are added at the end: exact in any order. */
 constexpr int I8_GROUPS = 4;
 
 template <int M> struct i8_geom {
+    static constexpr bool AHEAD = M <= 4;
     /* 32 KiB of activations: for m = 1 every model's x in one tile, so the
      * weight stream never drains at a tile barrier */
-    static constexpr int KT = 32768 / M / 16 * 16;
+    static constexpr int KT = AHEAD ? 32768 / M / 16 * 16 : 4096;
     static constexpr size_t SMEM = (size_t)M * KT;
-    static constexpr int SLICES = M <= 4 ? 2 : 1;
+    static constexpr int SLICES = AHEAD ? 2 : 1;
     static constexpr int THREADS = I8_GROUPS * SLICES * 32;
 };
 
@@ -293,6 +295,7 @@ __global__ void __launch_bounds__(i8_geom<M>::THREADS)
                  float *__restrict__ y)
 {
     constexpr int KT = i8_geom<M>::KT, STEP = 32 * 16, SLICES = i8_geom<M>::SLICES;
+    constexpr bool AHEAD = i8_geom<M>::AHEAD;
     extern __shared__ uint4 i8_smem[];
     __shared__ int part[I8_GROUPS][32]; /* the other slices' sums */
     int8_t *cs = reinterpret_cast<int8_t *>(i8_smem);
@@ -310,7 +313,7 @@ __global__ void __launch_bounds__(i8_geom<M>::THREADS)
         const int kt = (int)min((uint64_t)KT, K - k0);
         int kk = lane * 16 + slice * STEP;
         uint4 cur[I8_ROWS];
-        if (active && kk < kt) /* the weights do not wait for x */
+        if (AHEAD && active && kk < kt) /* the weights do not wait for x */
             i8_load(cb, N, K, row0, k0 + kk, cur);
         __syncthreads();
         const int q = kt / 16;
@@ -323,8 +326,10 @@ __global__ void __launch_bounds__(i8_geom<M>::THREADS)
         if (!active)
             continue;
         for (; kk < kt; kk += SLICES * STEP) {
+            if (!AHEAD)
+                i8_load(cb, N, K, row0, k0 + kk, cur);
             uint4 nxt[I8_ROWS];
-            const bool more = kk + SLICES * STEP < kt;
+            const bool more = AHEAD && kk + SLICES * STEP < kt;
             if (more) /* keep the next vectors in flight while these are used */
                 i8_load(cb, N, K, row0, k0 + kk + SLICES * STEP, nxt);
 #pragma unroll

@@ -339,6 +339,7 @@ __global__ void attn_merge_kernel(const qk_step *__restrict__ step, int n_heads,
                                   const float *__restrict__ part_acc, float *__restrict__ out,
                                   int ld_out, qdtype act)
 {
+    qk_launch_dependents();
     const int head = blockIdx.x, t = blockIdx.y;
     const int p = min(step->p0 + t, n_ctx - 1);
     const int nc = p / SPLIT_CHUNK + 1;

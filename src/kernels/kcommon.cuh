@@ -29,6 +29,43 @@ __device__ __forceinline__ float qk_load(const void *p, qdtype dt, uint64_t i)
     return ((const float *)p)[i];
 }
 
+/* Programmatic dependent launch (Hopper): a kernel that the next one may
+ * depend on lets it be scheduled early with qk_launch_dependents; a kernel
+ * launched as a programmatic dependent (qk_launch_pdl) calls qk_wait_prior
+ * before it reads anything the kernels before it wrote, or writes anything
+ * they read. Both are no-ops without such a launch and before sm_90. */
+__device__ __forceinline__ void qk_launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void qk_wait_prior()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* kern<<<blocks, threads, smem, s>>>(args...) as a programmatic dependent of
+ * the stream's previous kernel. */
+template <typename... P, typename... A>
+static inline cudaError_t qk_launch_pdl(void (*kern)(P...), unsigned blocks, unsigned threads,
+                                        size_t smem, cudaStream_t s, A &&...args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kern, static_cast<A &&>(args)...);
+}
+
 static inline unsigned qk_div_up(uint64_t a, uint64_t b) { return (unsigned)((a + b - 1) / b); }
 
 #endif

@@ -228,16 +228,17 @@ __device__ __forceinline__ void gv_block(const mm_weight &w, const float *__rest
 
     for (uint64_t k0 = 0; k0 < K; k0 += G::KT) {
         const int kt = (int)min((uint64_t)G::KT, K - k0);
+        int kk = lane * G::E + slice * G::STEP;
+        uint4 cur[GV_ROWS];
+        float csc[GV_ROWS];
+        if (active && kk < kt) /* the weights do not wait for x */
+            gv_load<WD, DQ>(w, row0, k0 + kk, cur, csc);
         __syncthreads(); /* the previous tile is consumed (and the tables written) */
+        qk_wait_prior(); /* x comes from the kernel before */
         gv_stage_x<WD, M>(x, K, k0, kt, x_vec != 0, xs);
         __syncthreads();
         if (!active)
             continue;
-        int kk = lane * G::E + slice * G::STEP;
-        uint4 cur[GV_ROWS];
-        float csc[GV_ROWS];
-        if (kk < kt)
-            gv_load<WD, DQ>(w, row0, k0 + kk, cur, csc);
         for (; kk < kt; kk += G::KS * G::STEP) {
             uint4 nxt[GV_ROWS];
             float nsc[GV_ROWS];
@@ -390,10 +391,10 @@ __global__ void __launch_bounds__(GA_THREADS)
     }
 }
 
-typedef void (*gv_launch_fn)(const gv_jobs &, const float *, bool, int, cudaStream_t);
+typedef cudaError_t (*gv_launch_fn)(const gv_jobs &, const float *, bool, int, cudaStream_t);
 
 template <int WD, int M, int T>
-void gv_launch(const gv_jobs &jobs, const float *x, bool x_vec, int rt, cudaStream_t s)
+cudaError_t gv_launch(const gv_jobs &jobs, const float *x, bool x_vec, int rt, cudaStream_t s)
 {
     using G = gv_geom<WD, M>;
     const unsigned blocks = jobs.first[GV_MAX_JOBS];
@@ -401,14 +402,12 @@ void gv_launch(const gv_jobs &jobs, const float *x, bool x_vec, int rt, cudaStre
      * quantization: the scale logic of the other costs registers and stack
      * in the 80-register kernel (llama-2-7b nf4 decode 274.6 -> 260.3 tok/s
      * on an H100 with one kernel for both). Other shapes decide at run time. */
-    if constexpr (WD == Q4 && M == 1) {
-        if (jobs.w[0].absmax)
-            gemv_fast<WD, M, T, 0><<<blocks, G::THREADS, G::SMEM, s>>>(jobs, x, x_vec ? 1 : 0, rt);
-        else
-            gemv_fast<WD, M, T, 1><<<blocks, G::THREADS, G::SMEM, s>>>(jobs, x, x_vec ? 1 : 0, rt);
-    } else {
-        gemv_fast<WD, M, T, 2><<<blocks, G::THREADS, G::SMEM, s>>>(jobs, x, x_vec ? 1 : 0, rt);
-    }
+    void (*k)(gv_jobs, const float *, int, int) = gemv_fast<WD, M, T, 2>;
+    if constexpr (WD == Q4 && M == 1)
+        k = jobs.w[0].absmax ? gemv_fast<WD, M, T, 0> : gemv_fast<WD, M, T, 1>;
+    /* a programmatic dependent: its blocks start, and load their first
+     * weight vectors, while the norm or activation before it finishes */
+    return qk_launch_pdl(k, blocks, G::THREADS, G::SMEM, s, jobs, x, x_vec ? 1 : 0, rt);
 }
 
 #define GV_M_ROW(WD, T)                                                                          \
@@ -462,8 +461,7 @@ static bool fast_launch(const mm_weight *ws, const mm_epi *es, float *const *ys,
     const bool x_vec = (uintptr_t)x % 16 == 0;
     gv_launch_fn fn = q4 ? gv_q4[T][m - 1]
                          : gv_plain[w.dtype == QDT_F32 ? 0 : w.dtype == QDT_F16 ? 1 : 2][m - 1];
-    fn(jobs, x, x_vec, plain_rounding(w, T), s);
-    return qk_launched("matmul: gemv_fast", err);
+    return qk_ok(fn(jobs, x, x_vec, plain_rounding(w, T), s), "matmul: gemv_fast", err);
 }
 
 /* The tensor-core 4-bit kernel for m >= 4 only: at m = 1 it is slower than

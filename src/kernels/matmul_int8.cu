@@ -125,6 +125,7 @@ __global__ void __launch_bounds__(1024)
     i8_quant_small(const float *__restrict__ x, int m, uint64_t K, float thr, unsigned *flags,
                    unsigned *ocols, unsigned *nout, int8_t *ca, float *sca)
 {
+    qk_launch_dependents(); /* the GEMV after it may start loading weights */
     __shared__ unsigned wsum[32];
     __shared__ float wmax[32][QK_GEMV_MAX_M], scale[QK_GEMV_MAX_M];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
@@ -316,6 +317,7 @@ __global__ void __launch_bounds__(i8_geom<M>::THREADS)
         if (AHEAD && active && kk < kt) /* the weights do not wait for x */
             i8_load(cb, N, K, row0, k0 + kk, cur);
         __syncthreads();
+        qk_wait_prior(); /* the quantized x comes from the kernel before */
         const int q = kt / 16;
         for (int i = threadIdx.x; i < M * q; i += i8_geom<M>::THREADS) {
             int m = i / q, k = 16 * (i - m * q);
@@ -538,15 +540,19 @@ __global__ void __launch_bounds__(FT_THREADS)
         }
 }
 
-typedef void (*i8_launch_fn)(const mm_weight &, const float *, const mm_i8acts &, int,
-                             const mm_epi &, float *, cudaStream_t);
+typedef cudaError_t (*i8_launch_fn)(const mm_weight &, const float *, const mm_i8acts &, int,
+                                    const mm_epi &, float *, cudaStream_t);
 
+/* A programmatic dependent of the quantizer (or of the product before it
+ * of the same x): the blocks start and load their first weight vectors
+ * while it finishes. */
 template <int M>
-void i8_launch(const mm_weight &w, const float *x, const mm_i8acts &a, int T, const mm_epi &e,
-               float *y, cudaStream_t s)
+cudaError_t i8_launch(const mm_weight &w, const float *x, const mm_i8acts &a, int T,
+                      const mm_epi &e, float *y, cudaStream_t s)
 {
     unsigned blocks = qk_div_up(w.N, (uint64_t)I8_GROUPS * I8_ROWS);
-    gemv_i8_fast<M><<<blocks, i8_geom<M>::THREADS, i8_geom<M>::SMEM, s>>>(w, x, a, T, e, y);
+    return qk_launch_pdl(gemv_i8_fast<M>, blocks, i8_geom<M>::THREADS, i8_geom<M>::SMEM, s, w, x,
+                         a, T, e, y);
 }
 
 const i8_launch_fn i8_fast[QK_GEMV_MAX_M] = {i8_launch<1>, i8_launch<2>, i8_launch<3>,
@@ -586,8 +592,7 @@ bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, q
                 const mm_epi &e, float *y, cudaStream_t s, qerr *err)
 {
     if (w.K % 16 == 0 && (uintptr_t)w.data % 16 == 0 && (uintptr_t)a.ca % 16 == 0) {
-        i8_fast[m - 1](w, x, a, T, e, y, s);
-        return qk_launched("matmul: gemv_i8_fast", err);
+        return qk_ok(i8_fast[m - 1](w, x, a, T, e, y, s), "matmul: gemv_i8_fast", err);
     }
     gemv_i8_any<<<qk_div_up(w.N, I8_WARPS), I8_THREADS, 0, s>>>(w, x, m, a, T, e, y);
     return qk_launched("matmul: gemv_i8_any", err);

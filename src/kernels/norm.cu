@@ -115,6 +115,7 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
     rmsnorm_kernel(float *x, const float *t, float *y, int dim, const void *w, qdtype w_dt,
                    float eps, qdtype act)
 {
+    qk_launch_dependents();
     __shared__ float red[32];
     const size_t row = blockIdx.x;
     float *xr = x + row * (size_t)dim;
@@ -151,6 +152,7 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
     layernorm_kernel(float *x, const float *t, float *y, int dim, const void *w, const void *b,
                      qdtype wb_dt, float eps, qdtype act)
 {
+    qk_launch_dependents();
     __shared__ float red[32];
     const size_t row = blockIdx.x;
     float *xr = x + row * (size_t)dim;

@@ -139,6 +139,7 @@ template <int OP>
 __global__ void ew_kernel(float *out, const float *a, const float *b, size_t n, size_t n_vec,
                           qdtype act)
 {
+    qk_launch_dependents();
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     for (size_t u = tid; u < n_vec; u += stride) {

@@ -8,8 +8,8 @@
  *    quantized), int8 (LLM.int8 with outlier columns, threshold 0 included)
  *    and f16/bf16/f32 weights;
  *  - prefill (larger m): the weight is dequantized (to the compute dtype) in
- *    tiles into the workspace and multiplied with cuBLAS (f32
- *    accumulation); f16/bf16 weights go to cuBLAS directly. int8 uses the
+ *    tiles into the workspace and multiplied with cuBLASLt (f32
+ *    accumulation); f16/bf16 weights go to cuBLASLt directly. int8 uses the
  *    exact int32 product (integer arithmetic is exact, so the int8 part
  *    equals the CPU's bit for bit) plus the outlier columns.
  * Launches depend only on the shapes and m, so they are graph-capturable. */

@@ -48,7 +48,9 @@ __device__ __forceinline__ void qk_wait_prior()
 }
 
 /* kern<<<blocks, threads, smem, s>>>(args...) as a programmatic dependent of
- * the stream's previous kernel. */
+ * the stream's previous kernel where the current device has them (compute
+ * capability 9.0 on; older GPUs get a plain launch). The attribute query is
+ * a table lookup: no state is kept between launches. */
 template <typename... P, typename... A>
 static inline cudaError_t qk_launch_pdl(void (*kern)(P...), unsigned blocks, unsigned threads,
                                         size_t smem, cudaStream_t s, A &&...args)
@@ -58,11 +60,17 @@ static inline cudaError_t qk_launch_pdl(void (*kern)(P...), unsigned blocks, uns
     cfg.blockDim = dim3(threads);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
+    int dev = 0, major = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (e != cudaSuccess)
+        return e;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = major >= 9 ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kern, static_cast<A &&>(args)...);
 }
 

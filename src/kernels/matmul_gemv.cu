@@ -256,32 +256,9 @@ __device__ __forceinline__ void gv_block(const mm_weight &w, const float *__rest
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < GV_ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float s = acc[r][m];
-            for (int off = 16; off > 0; off >>= 1)
-                s += __shfl_xor_sync(0xffffffffu, s, off);
-            acc[r][m] = s;
-        }
     /* Lane r*M + m owns output (row0 + r, m): slice 0 adds the other slices'
      * sums in slice order, then the bias, and stores. */
-    float mine = 0.0f;
-#pragma unroll
-    for (int r = 0; r < GV_ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++)
-            if (lane == r * M + m)
-                mine = acc[r][m];
-    for (int j = 1; j < G::KS; j++) {
-        __syncthreads();
-        if (slice == j)
-            part[grp][lane] = mine;
-        __syncthreads();
-        if (slice == 0)
-            mine += part[grp][lane];
-    }
+    const float mine = mm_slices_sum<G::KS>(acc, lane, grp, slice, part);
     const int r = lane / M, m = lane % M;
     if (slice == 0 && active && r < GV_ROWS && row0 + r < N) {
         uint64_t row = row0 + r;

@@ -354,33 +354,10 @@ __global__ void __launch_bounds__(i8_geom<M>::THREADS)
             }
         }
     }
-#pragma unroll
-    for (int r = 0; r < I8_ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            int s = acc[r][m];
-            for (int off = 16; off > 0; off >>= 1)
-                s += __shfl_xor_sync(0xffffffffu, s, off);
-            acc[r][m] = s;
-        }
     /* Lane r*M + m assembles output (row0 + r, m) in slice 0, after adding
      * the other slices' sums: one copy of the assembly code rather than one
      * per unrolled (r, m). */
-    int mine = 0;
-#pragma unroll
-    for (int r = 0; r < I8_ROWS; r++)
-#pragma unroll
-        for (int m = 0; m < M; m++)
-            if (lane == r * M + m)
-                mine = acc[r][m];
-    for (int j = 1; j < SLICES; j++) {
-        __syncthreads();
-        if (slice == j)
-            part[grp][lane] = mine;
-        __syncthreads();
-        if (slice == 0)
-            mine += part[grp][lane];
-    }
+    const int mine = mm_slices_sum<SLICES>(acc, lane, grp, slice, part);
     const int r = lane / M, m = lane % M;
     if (slice == 0 && active && r < I8_ROWS && row0 + r < N)
         y[(uint64_t)m * N + row0 + r] = i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);

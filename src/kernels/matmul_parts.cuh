@@ -93,6 +93,36 @@ __device__ __forceinline__ float mm_bias(const mm_epi &e, uint64_t n)
  * byte permute away: the book lives at a 256-byte aligned shared address
  * `lutb`, whose upper three bytes the permute keeps and whose low byte it
  * replaces by the nibble's offset. */
+/* The GEMV kernels' end: each warp sums its lanes' acc[r][m] (shuffles),
+ * lane r*M + m keeps output (r, m)'s sum, and the KS warps (slices) sharing
+ * a row group add theirs into slice 0's in slice order through part[grp]
+ * (every thread of the block calls this: it has barriers when KS > 1). */
+template <int KS, int ROWS, int M, typename V>
+__device__ __forceinline__ V mm_slices_sum(const V (&acc)[ROWS][M], int lane, int grp, int slice,
+                                           V (*part)[32])
+{
+    V mine = 0;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            V s = acc[r][m];
+            for (int off = 16; off > 0; off >>= 1)
+                s += __shfl_xor_sync(0xffffffffu, s, off);
+            if (lane == r * M + m)
+                mine = s;
+        }
+    for (int j = 1; j < KS; j++) {
+        __syncthreads();
+        if (slice == j)
+            part[grp][lane] = mine;
+        __syncthreads();
+        if (slice == 0)
+            mine += part[grp][lane];
+    }
+    return mine;
+}
+
 __device__ __forceinline__ uint32_t mm_q4_hi4(uint32_t w) { return (w >> 2) & 0x3c3c3c3cu; }
 __device__ __forceinline__ uint32_t mm_q4_lo4(uint32_t w) { return (w << 2) & 0x3c3c3c3cu; }
 template <int J> __device__ __forceinline__ float mm_q4_entry(uint32_t nib4, uint32_t lutb)

@@ -125,6 +125,8 @@ __global__ void kv_store_kernel(T *__restrict__ kc, T *__restrict__ vc, int n_ct
                                 const qk_step *__restrict__ step, const float *__restrict__ k,
                                 int ld_k, const float *__restrict__ v, int ld_v)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
+    qk_launch_dependents();
     const int t = blockIdx.x, g = blockIdx.y;
     const int pos = step->p0 + t;
     if (pos < 0 || pos >= n_ctx)
@@ -161,6 +163,8 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
                       const float *__restrict__ slopes, qdtype act, float scale, float sqrt_d,
                       int n_chunks, float2 *__restrict__ part_ml, float *__restrict__ part_acc)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
+    qk_launch_dependents();
     /* qs (the queries, score phase) and red (the per-thread output slices,
      * after the value phase) are never live together: one buffer. */
     constexpr int RED_STRIDE = HG * 8 + 1; /* odd: conflict-free columns */
@@ -339,6 +343,7 @@ __global__ void attn_merge_kernel(const qk_step *__restrict__ step, int n_heads,
                                   const float *__restrict__ part_acc, float *__restrict__ out,
                                   int ld_out, qdtype act)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
     qk_launch_dependents();
     const int head = blockIdx.x, t = blockIdx.y;
     const int p = min(step->p0 + t, n_ctx - 1);
@@ -600,12 +605,11 @@ extern "C" bool qk_kv_store(const qk_kv_layer *kv, const qk_step *step, int n, c
     dim3 grid((unsigned)n, (unsigned)kv->n_kv_heads);
     unsigned threads = kv->head_dim >= 128 ? 128 : (unsigned)(kv->head_dim + 31) / 32 * 32;
     if (kv->dtype == QDT_F16)
-        kv_store_kernel<__half><<<grid, threads, 0, s>>>((__half *)kv->k, (__half *)kv->v,
-                                                           kv->n_ctx, kv->head_dim, step, k, ld_k,
-                                                           v, ld_v);
+        qk_launch_pdl(kv_store_kernel<__half>, grid, threads, 0, s, (__half *)kv->k,
+                      (__half *)kv->v, kv->n_ctx, kv->head_dim, step, k, ld_k, v, ld_v);
     else
-        kv_store_kernel<float><<<grid, threads, 0, s>>>((float *)kv->k, (float *)kv->v, kv->n_ctx,
-                                                          kv->head_dim, step, k, ld_k, v, ld_v);
+        qk_launch_pdl(kv_store_kernel<float>, grid, threads, 0, s, (float *)kv->k, (float *)kv->v,
+                      kv->n_ctx, kv->head_dim, step, k, ld_k, v, ld_v);
     return qk_launched("qk_kv_store", err);
 }
 
@@ -635,10 +639,9 @@ static void launch_split_hg(const attn_launch *L, int n_chunks, float2 *ml, floa
     const int hblocks = (L->group + HG - 1) / HG;
     dim3 grid((unsigned)n_chunks, (unsigned)(kv->n_kv_heads * hblocks), (unsigned)a->n);
     auto kern = L->vec ? attn_split_kernel<T, HG, true> : attn_split_kernel<T, HG, false>;
-    kern<<<grid, SPLIT_THREADS, 0, s>>>(a->q, a->ld_q, a->step, a->n_heads, L->group, hblocks,
-                                        (const T *)kv->k, (const T *)kv->v, kv->n_ctx,
-                                        kv->head_dim, a->alibi_slopes, a->act, L->scale,
-                                        L->sqrt_d, n_chunks, ml, acc);
+    qk_launch_pdl(kern, grid, SPLIT_THREADS, 0, s, a->q, a->ld_q, a->step, a->n_heads, L->group,
+                  hblocks, (const T *)kv->k, (const T *)kv->v, kv->n_ctx, kv->head_dim,
+                  a->alibi_slopes, a->act, L->scale, L->sqrt_d, n_chunks, ml, acc);
 }
 
 template <typename T>
@@ -673,9 +676,8 @@ static bool launch_split(const attn_launch *L, cudaStream_t s, qerr *err)
         return false;
     dim3 grid((unsigned)a->n_heads, (unsigned)a->n);
     unsigned threads = kv->head_dim >= 128 ? 128 : (unsigned)(kv->head_dim + 31) / 32 * 32;
-    attn_merge_kernel<<<grid, threads, 0, s>>>(
-        a->step, a->n_heads, kv->head_dim, kv->n_ctx, n_chunks, ml, acc, a->out, a->ld_out,
-        a->act);
+    qk_launch_pdl(attn_merge_kernel, grid, threads, 0, s, a->step, a->n_heads, kv->head_dim,
+                  kv->n_ctx, n_chunks, ml, acc, a->out, a->ld_out, a->act);
     return qk_launched("qk_attention (merge)", err);
 }
 

@@ -52,12 +52,12 @@ __device__ __forceinline__ void qk_wait_prior()
  * capability 9.0 on; older GPUs get a plain launch). The attribute query is
  * a table lookup: no state is kept between launches. */
 template <typename... P, typename... A>
-static inline cudaError_t qk_launch_pdl(void (*kern)(P...), unsigned blocks, unsigned threads,
-                                        size_t smem, cudaStream_t s, A &&...args)
+static inline cudaError_t qk_launch_pdl(void (*kern)(P...), dim3 grid, dim3 block, size_t smem,
+                                        cudaStream_t s, A &&...args)
 {
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(threads);
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
     int dev = 0, major = 0;

@@ -284,6 +284,7 @@ __global__ void __launch_bounds__(GV_MAX_THREADS, M == 1 ? 3 : 2)
               int rt)
 {
     using G = gv_geom<WD, M>;
+    qk_launch_dependents(); /* the norm or rope after it may be scheduled */
     extern __shared__ float4 gv_smem[];
     float *xs = reinterpret_cast<float *>(gv_smem);
     __shared__ __align__(256) float lut[16]; /* aligned for mm_q4_entry */

@@ -125,6 +125,7 @@ __global__ void __launch_bounds__(1024)
     i8_quant_small(const float *__restrict__ x, int m, uint64_t K, float thr, unsigned *flags,
                    unsigned *ocols, unsigned *nout, int8_t *ca, float *sca)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
     qk_launch_dependents(); /* the GEMV after it may start loading weights */
     __shared__ unsigned wsum[32];
     __shared__ float wmax[32][QK_GEMV_MAX_M], scale[QK_GEMV_MAX_M];
@@ -297,6 +298,7 @@ __global__ void __launch_bounds__(i8_geom<M>::THREADS)
 {
     constexpr int KT = i8_geom<M>::KT, STEP = 32 * 16, SLICES = i8_geom<M>::SLICES;
     constexpr bool AHEAD = i8_geom<M>::AHEAD;
+    qk_launch_dependents(); /* the kernel after it may be scheduled */
     extern __shared__ uint4 i8_smem[];
     __shared__ int part[I8_GROUPS][32]; /* the other slices' sums */
     int8_t *cs = reinterpret_cast<int8_t *>(i8_smem);
@@ -543,9 +545,9 @@ bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &
 {
     const uint64_t K = w.K;
     if (m <= QK_GEMV_MAX_M) {
-        i8_quant_small<<<1, 1024, 0, s>>>(x, m, K, w.threshold, a.flags, a.ocols, a.nout, a.ca,
-                                          a.sca);
-        return qk_launched("matmul: i8_quant_small", err);
+        return qk_ok(qk_launch_pdl(i8_quant_small, 1, 1024, 0, s, x, m, K, w.threshold, a.flags,
+                                   a.ocols, a.nout, a.ca, a.sca),
+                     "matmul: i8_quant_small", err);
     }
     if (!qk_ok(cudaMemsetAsync(a.flags, 0, K * sizeof(unsigned), s), "matmul: int8 flags", err))
         return false;

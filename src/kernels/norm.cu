@@ -115,6 +115,7 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
     rmsnorm_kernel(float *x, const float *t, float *y, int dim, const void *w, qdtype w_dt,
                    float eps, qdtype act)
 {
+    qk_wait_prior();
     qk_launch_dependents();
     __shared__ float red[32];
     const size_t row = blockIdx.x;
@@ -152,6 +153,7 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
     layernorm_kernel(float *x, const float *t, float *y, int dim, const void *w, const void *b,
                      qdtype wb_dt, float eps, qdtype act)
 {
+    qk_wait_prior();
     qk_launch_dependents();
     __shared__ float red[32];
     const size_t row = blockIdx.x;
@@ -229,21 +231,22 @@ static bool norm_plan(const char *what, const float *x, const float *t, const fl
     return true;
 }
 
-/* Instantiate the kernel K<V, C> for the plan's (v, c) and launch it. */
+/* Instantiate the kernel K<V, C> for the plan's (v, c) and launch it, as a
+ * programmatic dependent of the kernel before (it waits for it first). */
 #define NORM_DISPATCH(K, sh, n_rows, s, ...)                                                  \
     do {                                                                                      \
         dim3 g_((unsigned)(n_rows)), b_((unsigned)(sh).threads);                              \
         switch ((sh).v * 100 + (sh).c) {                                                      \
-        case 401: K<4, 1><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        case 402: K<4, 2><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        case 404: K<4, 4><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        case 408: K<4, 8><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        case 416: K<4, 16><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                            \
-        case 101: K<1, 1><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        case 102: K<1, 2><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        case 104: K<1, 4><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        case 108: K<1, 8><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
-        default: K<1, 16><<<g_, b_, 0, s>>>(__VA_ARGS__); break;                             \
+        case 401: qk_launch_pdl(K<4, 1>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        case 402: qk_launch_pdl(K<4, 2>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        case 404: qk_launch_pdl(K<4, 4>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        case 408: qk_launch_pdl(K<4, 8>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        case 416: qk_launch_pdl(K<4, 16>, g_, b_, 0, s, __VA_ARGS__); break;                 \
+        case 101: qk_launch_pdl(K<1, 1>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        case 102: qk_launch_pdl(K<1, 2>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        case 104: qk_launch_pdl(K<1, 4>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        case 108: qk_launch_pdl(K<1, 8>, g_, b_, 0, s, __VA_ARGS__); break;                  \
+        default: qk_launch_pdl(K<1, 16>, g_, b_, 0, s, __VA_ARGS__); break;                  \
         }                                                                                     \
     } while (0)
 

@@ -139,6 +139,7 @@ template <int OP>
 __global__ void ew_kernel(float *out, const float *a, const float *b, size_t n, size_t n_vec,
                           qdtype act)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
     qk_launch_dependents();
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -164,7 +165,8 @@ static bool ew_launch(const char *what, float *out, const float *a, const float 
     const bool vec = aligned16(out) && aligned16(a) && (OP == EW_GELU || aligned16(b));
     const size_t n_vec = vec ? n / 4 : 0;
     /* sized by the vectors: the scalar tail then has at most 3 elements */
-    ew_kernel<OP><<<ew_blocks(vec ? n_vec : n), EW_THREADS, 0, s>>>(out, a, b, n, n_vec, act);
+    qk_launch_pdl(ew_kernel<OP>, ew_blocks(vec ? n_vec : n), EW_THREADS, 0, s, out, a, b, n, n_vec,
+                  act);
     return qk_launched(what, err);
 }
 
@@ -217,6 +219,8 @@ template <int V>
 __global__ void qkv_split_kernel(int layout, const float *qkv, int n, int hq, int hkv, int d,
                                  float *q, float *k, float *v)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
+    qk_launch_dependents();
     const int slots = hq + 2 * hkv, per_slot = d / V, units = slots * per_slot;
     for (int t = blockIdx.y; t < n; t += gridDim.y) {
         const float *src = qkv + (size_t)t * (size_t)slots * (size_t)d;
@@ -255,11 +259,7 @@ extern "C" bool qk_qkv_split(int layout, const float *qkv, int n, int n_heads, i
     const int V = vec ? 4 : 1;
     const uint64_t units = (uint64_t)(n_heads + 2 * n_kv_heads) * (uint64_t)(head_dim / V);
     dim3 grid(ew_blocks(units), n < MAX_GRID_Y ? (unsigned)n : MAX_GRID_Y);
-    if (vec)
-        qkv_split_kernel<4><<<grid, EW_THREADS, 0, s>>>(layout, qkv, n, n_heads, n_kv_heads,
-                                                        head_dim, q, k, v);
-    else
-        qkv_split_kernel<1><<<grid, EW_THREADS, 0, s>>>(layout, qkv, n, n_heads, n_kv_heads,
-                                                        head_dim, q, k, v);
+    qk_launch_pdl(vec ? qkv_split_kernel<4> : qkv_split_kernel<1>, grid, EW_THREADS, 0, s, layout,
+                  qkv, n, n_heads, n_kv_heads, head_dim, q, k, v);
     return qk_launched("qk_qkv_split", err);
 }

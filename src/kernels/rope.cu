@@ -83,6 +83,8 @@ template <int V>
 __global__ void rope_kernel(const float *inv_freq, float scaling, int head_dim, float *x, int ld,
                             int n_tokens, int n_heads, const qk_step *step, qdtype act)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
+    qk_launch_dependents();
     __shared__ float cs[ROPE_MAX_HEAD_DIM / 2], sn[ROPE_MAX_HEAD_DIM / 2];
     const int half = head_dim / 2, per_head = half / V, items = n_heads * per_head;
     const int p0 = step->p0;
@@ -116,6 +118,8 @@ __global__ void rope_store_kernel(const float *inv_freq, float scaling, int head
                                   int ld_v, int n_kv_heads, int n_tokens, const qk_step *step,
                                   qdtype act, KT *kc, KT *vc, int n_ctx)
 {
+    qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
+    qk_launch_dependents();
     __shared__ float cs[ROPE_MAX_HEAD_DIM / 2], sn[ROPE_MAX_HEAD_DIM / 2];
     const int half = head_dim / 2, per_head = half / V;
     const int h = (int)blockIdx.y;
@@ -171,12 +175,8 @@ extern "C" bool qk_rope(const float *inv_freq, float scaling, int head_dim, floa
     const int half = head_dim / 2;
     const bool vec = half % 4 == 0 && ld % 4 == 0 && ((uintptr_t)x & 15u) == 0;
     const unsigned blocks = n_tokens < ROPE_MAX_BLOCKS ? (unsigned)n_tokens : ROPE_MAX_BLOCKS;
-    if (vec)
-        rope_kernel<4><<<blocks, ROPE_THREADS, 0, s>>>(inv_freq, scaling, head_dim, x, ld,
-                                                       n_tokens, n_heads, step, act);
-    else
-        rope_kernel<1><<<blocks, ROPE_THREADS, 0, s>>>(inv_freq, scaling, head_dim, x, ld,
-                                                       n_tokens, n_heads, step, act);
+    qk_launch_pdl(vec ? rope_kernel<4> : rope_kernel<1>, blocks, ROPE_THREADS, 0, s, inv_freq,
+                  scaling, head_dim, x, ld, n_tokens, n_heads, step, act);
     return qk_launched("qk_rope", err);
 }
 
@@ -211,9 +211,9 @@ extern "C" bool qk_rope_store(const float *inv_freq, float scaling, int head_dim
                     (unsigned)(n_heads + hkv));
     const unsigned threads = (unsigned)((half + 31) / 32 * 32);
 #define ROPE_STORE(VV, KT)                                                                     \
-    rope_store_kernel<VV, KT><<<grid, threads, 0, s>>>(                                        \
-        inv_freq, scaling, head_dim, q, ld_q, n_heads, k, ld_k, v, ld_v, hkv, n_tokens, step,  \
-        act, (KT *)kv->k, (KT *)kv->v, kv->n_ctx)
+    qk_launch_pdl(rope_store_kernel<VV, KT>, grid, threads, 0, s, inv_freq, scaling, head_dim, \
+                  q, ld_q, n_heads, k, ld_k, v, ld_v, hkv, n_tokens, step, act, (KT *)kv->k,    \
+                  (KT *)kv->v, kv->n_ctx)
     if (kv->dtype == QDT_F16) {
         if (vec)
             ROPE_STORE(4, __half);

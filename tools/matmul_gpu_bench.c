@@ -179,6 +179,12 @@ int main(int argc, char **argv)
 {
     int iters = 50, only_m = 0;
     const char *only = NULL;
+    /* the products of llama-2-7b and falcon-7b, or those given with -s */
+    struct {
+        uint64_t N, K;
+    } shapes[16] = {{4096, 4096},  {11008, 4096}, {4096, 11008},
+                    {4672, 4544}, {4544, 4544},  {18176, 4544}, {4544, 18176}};
+    size_t nshapes = 7, given = 0;
     qdtype T = QDT_F16;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-i") && i + 1 < argc) {
@@ -203,8 +209,18 @@ int main(int argc, char **argv)
                 return 2;
             }
             T = (qdtype)t;
+        } else if (!strcmp(argv[i], "-s") && i + 1 < argc) {
+            unsigned long long n = 0, k = 0;
+            char tail = 0;
+            if (sscanf(argv[++i], "%llux%llu%c", &n, &k, &tail) != 2 || !n || !k ||
+                k % 64 || n > 18176 || k > 18176 || given == 16) {
+                fprintf(stderr, "-s: NxK with N, K <= 18176 and K a multiple of 64 (at most 16)\n");
+                return 2;
+            }
+            shapes[given].N = n, shapes[given].K = k;
+            nshapes = ++given;
         } else {
-            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16] [-m 1|4|8|16|512]\n");
+            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16] [-m 1|4|8|16|512] [-s NxK]...\n");
             return 2;
         }
     }
@@ -220,10 +236,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    static const struct {
-        uint64_t N, K;
-    } shapes[] = {{4096, 4096},  {11008, 4096}, {4096, 11008},
-                  {4672, 4544}, {4544, 4544},  {18176, 4544}, {4544, 18176}};
     static const char *kinds[] = {"nf4", "nf4+dq", "int8", "f16"};
     static const int ms[] = {1, 4, 8, 16, 512};
     const int max_m = 512;
@@ -247,7 +259,7 @@ int main(int argc, char **argv)
            "weight", "N", "K");
     printf("%-7s %6s %6s | m=1                m=4        m=8          | m=16          m=512\n", "",
            "", "");
-    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+    for (size_t si = 0; si < nshapes; si++) {
         for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++) {
             if (only && strcmp(only, kinds[ki]))
                 continue;

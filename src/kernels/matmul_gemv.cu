@@ -129,15 +129,20 @@ __device__ __forceinline__ void gv_stage_x(const float *__restrict__ x, uint64_t
 }
 
 /* Each warp's rows at tile column kk: 16-byte vectors and (4-bit) scales.
- * With double quantization sc gets the qabsmax byte (as bits) only, and
- * gv_scales finishes the scale when the vectors are used: the map lookup
- * depends on the byte, and waiting for it here would stall the warp for a
- * memory round trip at every prefetch. */
+ * With double quantization sc[0] gets the rows' qabsmax bytes, packed
+ * (byte r for row r; the other sc are unused), and gv_scales finishes the
+ * scales when the vectors are used: the map lookup depends on the byte,
+ * and waiting for it here would stall the warp for a memory round trip at
+ * every prefetch. Packed, the bytes of the current and next vectors take
+ * two registers instead of eight, which keeps the 80-register decode
+ * kernel from spilling. */
 template <int WD, int DQ>
 __device__ __forceinline__ void gv_load(const mm_weight &w, uint64_t row0, uint64_t col,
                                         uint4 v[GV_ROWS], float sc[GV_ROWS])
 {
     constexpr int ESZ = WD == QDT_F32 ? 4 : 2; /* bytes per value; 4-bit handled apart */
+    const bool dq = WD == Q4 && (DQ == 2 ? !w.absmax : DQ == 1);
+    uint32_t qbytes = 0;
     for (int r = 0; r < GV_ROWS; r++) {
         uint64_t row = row0 + r;
         v[r] = make_uint4(0, 0, 0, 0);
@@ -148,13 +153,17 @@ __device__ __forceinline__ void gv_load(const mm_weight &w, uint64_t row0, uint6
             if (WD == Q4) {
                 v[r] = __ldg(reinterpret_cast<const uint4 *>(p + (f >> 1)));
                 uint64_t b = f >> w.bs_shift;
-                const bool dq = DQ == 2 ? !w.absmax : DQ == 1;
-                sc[r] = dq ? __uint_as_float(__ldg(w.qabsmax + b)) : __ldg(w.absmax + b);
+                if (dq)
+                    qbytes |= (uint32_t)__ldg(w.qabsmax + b) << (8 * r);
+                else
+                    sc[r] = __ldg(w.absmax + b);
             } else {
                 v[r] = __ldg(reinterpret_cast<const uint4 *>(p + f * ESZ));
             }
         }
     }
+    if (dq)
+        sc[0] = __uint_as_float(qbytes);
 }
 
 /* The 4-bit scales of vectors gv_load brought for column col: as loaded,
@@ -165,14 +174,14 @@ __device__ __forceinline__ void gv_scales(const mm_weight &w, const float *dqm, 
                                           uint64_t col, const float sc[GV_ROWS],
                                           float out[GV_ROWS])
 {
+    const bool dq = WD == Q4 && (DQ == 2 ? !w.absmax : DQ == 1);
 #pragma unroll
     for (int r = 0; r < GV_ROWS; r++) {
         out[r] = sc[r];
-        const bool dq = DQ == 2 ? !w.absmax : DQ == 1;
-        if (WD == Q4 && dq && row0 + r < w.N) {
+        if (dq && row0 + r < w.N) {
             const uint64_t b = ((row0 + r) * w.K + col) >> w.bs_shift;
-            out[r] = __fadd_rn(__fmul_rn(dqm[__float_as_uint(sc[r])], __ldg(w.absmax2 + (b >> 8))),
-                               w.absmax_offset);
+            const uint32_t q = (__float_as_uint(sc[0]) >> (8 * r)) & 255u;
+            out[r] = __fadd_rn(__fmul_rn(dqm[q], __ldg(w.absmax2 + (b >> 8))), w.absmax_offset);
         }
     }
 }

@@ -19,6 +19,7 @@
  *   [x in T, or the int8 activations | int8 row scales,
  *    outlier flags, outlier list and count | chunk: the int32 products of a
  *    row chunk, or at the workspace's end the tile slots]. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,6 +70,8 @@ struct qk_blas {
     bool after_all;  /* tiles wait for all earlier main-stream work (main_wrote) */
     cudaEvent_t now; /* the main stream's position, for after_all */
     size_t front_hi; /* the highest end of any call's regions before its chunk */
+    int i8_slots[QK_GEMV_MAX_M][3]; /* mm_i8_plan, or a forced shape's table */
+    int i8_plan[QK_GEMV_MAX_M][3];  /* mm_i8_plan */
 };
 
 namespace {
@@ -426,6 +429,15 @@ qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
         qk_blas_free(b);
         return NULL;
     }
+    int dev = 0, sms = 0;
+    if (!qk_ok(cudaGetDevice(&dev), "matmul: cudaGetDevice", err) ||
+        !qk_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev),
+               "matmul: multiprocessor count", err) ||
+        !mm_i8_plan(sms, b->i8_plan, err)) {
+        qk_blas_free(b);
+        return NULL;
+    }
+    qk_blas_set_i8_shape(b, -1);
     if (!qk_ok(cudaStreamCreateWithFlags(&b->side, cudaStreamNonBlocking),
                "matmul: cudaStreamCreate", err)) {
         b->side = NULL;
@@ -452,6 +464,16 @@ qk_blas *qk_blas_create(cudaStream_t stream, size_t workspace_bytes, qerr *err)
 void qk_blas_set_tile_bytes(qk_blas *b, size_t bytes)
 {
     b->tile_bytes = umax(1, umin(bytes, MM_TILE_BYTES));
+}
+
+void qk_blas_set_i8_shape(qk_blas *b, int shape)
+{
+    /* mm_i8_gemv takes, of the shapes whose blocks fit at once, the one with
+     * the fewest steps per warp, and shape 0 where none fits: a table where
+     * only `shape` fits forces it */
+    for (int m = 0; m < QK_GEMV_MAX_M; m++)
+        for (int v = 0; v < 3; v++)
+            b->i8_slots[m][v] = shape < 0 || shape > 2 ? b->i8_plan[m][v] : v == shape ? INT_MAX : 0;
 }
 
 void qk_blas_free(qk_blas *b)
@@ -502,7 +524,7 @@ bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compu
         if (!mm_i8_quantize(mw, x, m, a, b->stream, err))
             return false;
         if (m <= QK_GEMV_MAX_M)
-            return mm_i8_gemv(mw, x, m, a, compute, e, y, b->stream, err);
+            return mm_i8_gemv(mw, x, m, a, compute, e, y, b->i8_slots, b->stream, err);
         return int8_prefill(b, mw, x, m, a, compute, e, y, p, err);
     }
     if (m <= QK_GEMV_MAX_M)
@@ -554,7 +576,7 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
         if (!mm_i8_quantize(mw[0], x, m, a, b->stream, err))
             return false;
         for (int j = 0; j < count; j++)
-            if (!mm_i8_gemv(mw[j], x, m, a, compute, e[j], ys[j], b->stream, err))
+            if (!mm_i8_gemv(mw[j], x, m, a, compute, e[j], ys[j], b->i8_slots, b->stream, err))
                 return false;
         return true;
     }

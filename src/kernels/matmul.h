@@ -46,6 +46,11 @@ void qk_blas_free(qk_blas *b);
  * the tiled paths with small weights. */
 void qk_blas_set_tile_bytes(qk_blas *b, size_t bytes);
 
+/* The int8 decode GEMV (m <= 4) picks one of three kernel shapes per
+ * product from the weight's shape and the device; tests force shape 0, 1
+ * or 2 with this to check each (any other value: automatic, the default). */
+void qk_blas_set_i8_shape(qk_blas *b, int shape);
+
 /* y[m, w->rows] = round_to(x[m, w->cols] · Wᵀ + bias). w's pointers (data,
  * absmax, qabsmax, absmax2, dq_map, scb) and bias are device pointers; x and
  * y are device f32, must not overlap. compute: QDT_F32, QDT_F16 or QDT_BF16

@@ -258,27 +258,30 @@ __device__ float i8_output(const mm_weight &w, int32_t acc, int mi, uint64_t n,
 
 /* ---- decode ---------------------------------------------------------------- */
 
-/* As matmul_gemv.cu's fast kernel: a block owns I8_GROUPS groups of
- * I8_ROWS weight rows; for m <= 4 (AHEAD) two warps share a group, warp j
- * of it taking every other 512-byte slice of the columns, and each lane
- * loads its first vectors before x is staged and its next ones before the
- * current ones are used, so that a 4096-row weight (256 blocks, under 2 per
- * SM) still has enough bytes in flight. For m > 4 the accumulators leave no
- * registers for that (measured slower): one warp per group, loads as used.
- * Lane l reads 16-byte vectors (16 int8 values) of the group's rows; the
- * quantized activations are staged in shared memory (lanes read consecutive
- * 16 bytes: no bank conflicts), 4 dp4a per vector and x row. The slices'
- * int32 sums are added at the end: exact in any order. */
-constexpr int I8_GROUPS = 4;
+/* As matmul_gemv.cu's fast kernel: a block owns G groups of I8_ROWS weight
+ * rows and S warps share a group, warp j of it taking every S-th 512-byte
+ * slice of the columns; for m <= 4 (AHEAD) each lane loads its first
+ * vectors before x is staged and its next ones before the current ones are
+ * used. For m > 4 the accumulators leave no registers for that (measured
+ * slower): one warp per group, loads as used. Lane l reads 16-byte vectors
+ * (16 int8 values) of the group's rows; the quantized activations are
+ * staged in shared memory (lanes read consecutive 16 bytes: no bank
+ * conflicts), 4 dp4a per vector and x row. The slices' int32 sums are added
+ * at the end: exact in any order, so every (G, S) gives the same bits.
+ *
+ * The kernel is bound by latency, not by instructions: its time hardly
+ * grows with the rows while the blocks fit on the GPU at once, so (G, S) is
+ * chosen per product (i8_pick) to put as many warps to work as fit in one
+ * wave, each with as few slices as possible. */
+/* Activation columns per shared-memory tile: 32 KiB of activations for
+ * m <= 4 (for m = 1 every model's x in one tile, so the weight stream never
+ * drains at a tile barrier). */
+__host__ __device__ constexpr int i8_kt(int m) { return m <= 4 ? 32768 / m / 16 * 16 : 4096; }
 
-template <int M> struct i8_geom {
+template <int M, int G, int S> struct i8_geom {
     static constexpr bool AHEAD = M <= 4;
-    /* 32 KiB of activations: for m = 1 every model's x in one tile, so the
-     * weight stream never drains at a tile barrier */
-    static constexpr int KT = AHEAD ? 32768 / M / 16 * 16 : 4096;
-    static constexpr size_t SMEM = (size_t)M * KT;
-    static constexpr int SLICES = AHEAD ? 2 : 1;
-    static constexpr int THREADS = I8_GROUPS * SLICES * 32;
+    static constexpr int KT = i8_kt(M);
+    static constexpr int THREADS = G * S * 32;
 };
 
 /* The vectors of rows row0.. at column col (zero past N). */
@@ -291,21 +294,24 @@ __device__ __forceinline__ void i8_load(const int8_t *cb, uint64_t N, uint64_t K
                             : make_uint4(0, 0, 0, 0);
 }
 
-template <int M>
-__global__ void __launch_bounds__(i8_geom<M>::THREADS)
+/* m = 1: 64 registers, so that 1024 threads of any shape fit per SM */
+template <int M, int G, int S>
+__global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
+                                  M == 1 ? 1024 / i8_geom<M, G, S>::THREADS : 1)
     gemv_i8_fast(mm_weight w, const float *__restrict__ x, mm_i8acts a, int T, mm_epi e,
                  float *__restrict__ y)
 {
-    constexpr int KT = i8_geom<M>::KT, STEP = 32 * 16, SLICES = i8_geom<M>::SLICES;
-    constexpr bool AHEAD = i8_geom<M>::AHEAD;
+    using GEO = i8_geom<M, G, S>;
+    constexpr int KT = GEO::KT, STEP = 32 * 16, SLICES = S;
+    constexpr bool AHEAD = GEO::AHEAD;
     qk_launch_dependents(); /* the kernel after it may be scheduled */
     extern __shared__ uint4 i8_smem[];
-    __shared__ int part[I8_GROUPS][32]; /* the other slices' sums */
+    __shared__ int part[G][32]; /* the other slices' sums */
     int8_t *cs = reinterpret_cast<int8_t *>(i8_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int grp = warp % I8_GROUPS, slice = warp / I8_GROUPS;
+    const int grp = warp % G, slice = warp / G;
     const uint64_t N = w.N, K = w.K;
-    const uint64_t row0 = ((uint64_t)blockIdx.x * I8_GROUPS + grp) * I8_ROWS;
+    const uint64_t row0 = ((uint64_t)blockIdx.x * G + grp) * I8_ROWS;
     const bool active = row0 < N; /* idle warps still help stage x */
     const int8_t *cb = (const int8_t *)w.data;
     int acc[I8_ROWS][M];
@@ -321,7 +327,7 @@ __global__ void __launch_bounds__(i8_geom<M>::THREADS)
         __syncthreads();
         qk_wait_prior(); /* the quantized x comes from the kernel before */
         const int q = kt / 16;
-        for (int i = threadIdx.x; i < M * q; i += i8_geom<M>::THREADS) {
+        for (int i = threadIdx.x; i < M * q; i += GEO::THREADS) {
             int m = i / q, k = 16 * (i - m * q);
             *reinterpret_cast<uint4 *>(cs + m * KT + k) =
                 *reinterpret_cast<const uint4 *>(a.ca + (uint64_t)m * K + k0 + k);
@@ -519,24 +525,89 @@ __global__ void __launch_bounds__(FT_THREADS)
         }
 }
 
-typedef cudaError_t (*i8_launch_fn)(const mm_weight &, const float *, const mm_i8acts &, int,
-                                    const mm_epi &, float *, cudaStream_t);
+/* The (G, S) shapes of the m <= 4 kernel that i8_pick chooses from, and
+ * the one kernel for m > 4. */
+constexpr int I8_SHAPES = 3;
+constexpr int I8_SHAPE[I8_SHAPES][2] = {{4, 2}, {4, 4}, {2, 3}};
+
+template <int M, int G, int S> void *i8_kernel() { return (void *)gemv_i8_fast<M, G, S>; }
+
+/* Kernel shape v for m rows of x (v < I8_SHAPES; m > 4 has shape 0 only). */
+template <int M> void *i8_kernel_of(int v)
+{
+    if constexpr (M > 4)
+        return i8_kernel<M, 4, 1>();
+    else
+        return v == 1 ? i8_kernel<M, 4, 4>() : v == 2 ? i8_kernel<M, 2, 3>() : i8_kernel<M, 4, 2>();
+}
+
+void *i8_kernel_for(int m, int v)
+{
+    switch (m) {
+    case 1: return i8_kernel_of<1>(v);
+    case 2: return i8_kernel_of<2>(v);
+    case 3: return i8_kernel_of<3>(v);
+    case 4: return i8_kernel_of<4>(v);
+    case 5: return i8_kernel_of<5>(v);
+    case 6: return i8_kernel_of<6>(v);
+    case 7: return i8_kernel_of<7>(v);
+    default: return i8_kernel_of<8>(v);
+    }
+}
+
+int i8_threads(int m, int v) { return m > 4 ? 4 * 32 : I8_SHAPE[v][0] * I8_SHAPE[v][1] * 32; }
+int i8_rows(int m, int v) { return (m > 4 ? 4 : I8_SHAPE[v][0]) * I8_ROWS; }
+size_t i8_smem_bytes(int m) { return (size_t)m * i8_kt(m); }
+
+/* The shape for an N-row, K-column product: of the shapes whose blocks all
+ * fit on the GPU at once (slots[v] blocks), the one that leaves each warp
+ * the fewest 512-column steps; shape 0 where none fits. */
+int i8_pick(const int *slots, int m, uint64_t N, uint64_t K)
+{
+    if (m > 4)
+        return 0;
+    const uint64_t steps = qk_div_up(K, (uint64_t)512);
+    int best = 0;
+    uint64_t best_steps = UINT64_MAX;
+    for (int v = 0; v < I8_SHAPES; v++) {
+        const uint64_t blocks = qk_div_up(N, (uint64_t)i8_rows(m, v));
+        const uint64_t per_warp = qk_div_up(steps, (uint64_t)I8_SHAPE[v][1]);
+        if (blocks <= (uint64_t)slots[v] && per_warp < best_steps)
+            best = v, best_steps = per_warp;
+    }
+    return best;
+}
+
+} /* namespace */
+
+bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][3], qerr *err)
+{
+    for (int m = 1; m <= QK_GEMV_MAX_M; m++)
+        for (int v = 0; v < I8_SHAPES; v++) {
+            int per_sm = 0;
+            if (!qk_ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                           &per_sm, (const void *)i8_kernel_for(m, v), i8_threads(m, v),
+                           i8_smem_bytes(m)),
+                       "matmul: int8 GEMV occupancy", err))
+                return false;
+            slots[m - 1][v] = per_sm * sms;
+        }
+    return true;
+}
+
+namespace {
 
 /* A programmatic dependent of the quantizer (or of the product before it
  * of the same x): the blocks start and load their first weight vectors
  * while it finishes. */
-template <int M>
-cudaError_t i8_launch(const mm_weight &w, const float *x, const mm_i8acts &a, int T,
-                      const mm_epi &e, float *y, cudaStream_t s)
+cudaError_t i8_launch(int v, const mm_weight &w, const float *x, const mm_i8acts &a, int T,
+                      const mm_epi &e, float *y, int m, cudaStream_t s)
 {
-    unsigned blocks = qk_div_up(w.N, (uint64_t)I8_GROUPS * I8_ROWS);
-    return qk_launch_pdl(gemv_i8_fast<M>, blocks, i8_geom<M>::THREADS, i8_geom<M>::SMEM, s, w, x,
-                         a, T, e, y);
+    const unsigned blocks = qk_div_up(w.N, (uint64_t)i8_rows(m, v));
+    void (*k)(mm_weight, const float *, mm_i8acts, int, mm_epi, float *) =
+        (void (*)(mm_weight, const float *, mm_i8acts, int, mm_epi, float *))i8_kernel_for(m, v);
+    return qk_launch_pdl(k, blocks, i8_threads(m, v), i8_smem_bytes(m), s, w, x, a, T, e, y);
 }
-
-const i8_launch_fn i8_fast[QK_GEMV_MAX_M] = {i8_launch<1>, i8_launch<2>, i8_launch<3>,
-                                             i8_launch<4>, i8_launch<5>, i8_launch<6>,
-                                             i8_launch<7>, i8_launch<8>};
 
 } /* namespace */
 
@@ -568,10 +639,12 @@ bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &
 }
 
 bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
-                const mm_epi &e, float *y, cudaStream_t s, qerr *err)
+                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][3], cudaStream_t s,
+                qerr *err)
 {
     if (w.K % 16 == 0 && (uintptr_t)w.data % 16 == 0 && (uintptr_t)a.ca % 16 == 0) {
-        return qk_ok(i8_fast[m - 1](w, x, a, T, e, y, s), "matmul: gemv_i8_fast", err);
+        const int v = i8_pick(slots[m - 1], m, w.N, w.K);
+        return qk_ok(i8_launch(v, w, x, a, T, e, y, m, s), "matmul: gemv_i8_fast", err);
     }
     gemv_i8_any<<<qk_div_up(w.N, I8_WARPS), I8_THREADS, 0, s>>>(w, x, m, a, T, e, y);
     return qk_launched("matmul: gemv_i8_any", err);

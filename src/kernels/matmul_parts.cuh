@@ -174,9 +174,14 @@ bool mm_bias_round(float *y, int m, uint64_t N, const mm_epi &e, cudaStream_t s,
 /* LLM.int8: quantize x[m, K] (threshold w.threshold) into `a`. */
 bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &a,
                     cudaStream_t s, qerr *err);
+/* The int8 GEMV's kernel shapes: slots[m - 1][v] = how many blocks of shape
+ * v for m rows of x run at once on the current device (sms multiprocessors);
+ * mm_i8_gemv chooses its shape from them. */
+bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][3], qerr *err);
 /* Decode: y[m, N] from the quantized activations (m <= QK_GEMV_MAX_M). */
 bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
-                const mm_epi &e, float *y, cudaStream_t s, qerr *err);
+                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][3], cudaStream_t s,
+                qerr *err);
 /* acc[mi * ldc + j] = Σ_k ca[mi, k] · CB[n0 + j, k] exactly, j < nc, for any
  * K (tiled dp4a; the fallback where cuBLAS' int8 GEMM does not apply). */
 bool mm_i8_gemm(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int8_t *ca,

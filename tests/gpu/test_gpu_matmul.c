@@ -466,6 +466,12 @@ START_TEST(int8_matches_cpu_bitwise)
 {
     run_kind(&K_I8T6);
     run_kind(&K_I8T0);
+    /* each of the m <= 4 GEMV's kernel shapes (automatic above) */
+    for (int v = 0; v < 3; v++) {
+        qk_blas_set_i8_shape(blas, v);
+        run_kind(&K_I8T6);
+    }
+    qk_blas_set_i8_shape(blas, -1);
 }
 END_TEST
 

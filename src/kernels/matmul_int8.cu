@@ -111,96 +111,125 @@ __global__ void __launch_bounds__(256)
         sca[blockIdx.x] = amax;
 }
 
-/* The whole quantizer in one block for up to QK_GEMV_MAX_M rows (decode,
- * where four launches would cost more than the work). Thread t owns the
- * contiguous columns [t·per, (t+1)·per), per = ceil(K / 1024): it flags
- * them, takes the row maxima below the threshold and counts its outliers;
- * one block-wide scan of the counts gives each thread its first slot in the
- * ascending outlier list; then it lists and quantizes its own columns (it
- * wrote their flags itself, so no barrier is needed for those). Two
- * barriers in all: a loop over 1024-column chunks with three barriers per
- * chunk took ~14 us at K = 4096-11008 on an H100, a quarter of int8
- * decode. */
-__global__ void __launch_bounds__(1024)
+/* The whole quantizer in one block for up to QK_GEMV_MAX_M rows and
+ * IQ_SLABS * 1024 columns (decode, where four launches would cost more than
+ * the work). Thread t owns column t of every 1024-column slab, so warp
+ * loads and stores are contiguous, and it loads all its columns of a row
+ * before using any (one memory round trip per row and pass):
+ *  - pass 1 takes the row maxima below the threshold and a bit per slab
+ *    for the thread's outlier columns (|x16| >= thr in any row);
+ *  - per slab, a ballot counts each warp's outliers; one warp scans the
+ *    counts in (slab, warp) order, which is ascending column order, into
+ *    each warp's first slot of the outlier list;
+ *  - pass 2 lists the outliers (slot: the warp's first + the flagged lanes
+ *    below) and quantizes (for m = 1 from the values still in registers).
+ * The earlier form, each thread walking ceil(K / 1024) contiguous columns
+ * with a dependent load per step, took 9 us at K = 4096 and 30 us at
+ * K = 18176 on an H100 (ncu), more than the GEMV after it. */
+constexpr int IQ_THREADS = 1024, IQ_SLABS = 32;
+
+__global__ void __launch_bounds__(IQ_THREADS)
     i8_quant_small(const float *__restrict__ x, int m, uint64_t K, float thr, unsigned *flags,
                    unsigned *ocols, unsigned *nout, int8_t *ca, float *sca)
 {
     qk_wait_prior(); /* a programmatic dependent: the kernel before is done */
     qk_launch_dependents(); /* the GEMV after it may start loading weights */
-    __shared__ unsigned wsum[32];
+    __shared__ unsigned first[IQ_SLABS][32]; /* outliers per (slab, warp), then first slots */
     __shared__ float wmax[32][QK_GEMV_MAX_M], scale[QK_GEMV_MAX_M];
+    __shared__ unsigned total;
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const float lim = thr > 0.0f ? thr : INFINITY;
-    const uint64_t per = (K + 1023) / 1024;
-    const uint64_t beg = min(K, (uint64_t)t * per), end = min(K, beg + per);
-    float amax[QK_GEMV_MAX_M];
+    const bool outliers = thr > 0.0f;
+    const float lim = outliers ? thr : INFINITY;
+    const int slabs = (int)((K + IQ_THREADS - 1) / IQ_THREADS);
+    float v[IQ_SLABS];
+    uint32_t fm = 0; /* bit j: column j * 1024 + t is an outlier column */
+    for (int i = 0; i < m; i++) {
+        const float *xr = x + (uint64_t)i * K;
 #pragma unroll
-    for (int i = 0; i < QK_GEMV_MAX_M; i++)
-        amax[i] = 0.0f;
-    unsigned cnt = 0;
-#pragma unroll 4
-    for (uint64_t k = beg; k < end; k++) {
-        bool f = false;
+        for (int j = 0; j < IQ_SLABS; j++) {
+            const uint64_t k = (uint64_t)j * IQ_THREADS + t;
+            v[j] = k < K ? xr[k] : 0.0f; /* past K: 0, which changes nothing */
+        }
+        float amax = 0.0f;
 #pragma unroll
-        for (int i = 0; i < QK_GEMV_MAX_M; i++)
-            if (i < m) {
-                float a = fabsf(round_f16(x[(uint64_t)i * K + k]));
-                f |= thr > 0.0f && a >= thr;
-                amax[i] = fmaxf(amax[i], a < lim ? a : 0.0f); /* also NaN -> 0 */
-            }
-        flags[k] = f;
-        cnt += f;
-    }
-    unsigned incl = cnt;
-    for (int off = 1; off < 32; off <<= 1) {
-        unsigned v = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off)
-            incl += v;
-    }
-    if (lane == 31)
-        wsum[warp] = incl;
-#pragma unroll
-    for (int i = 0; i < QK_GEMV_MAX_M; i++) {
-        float v = amax[i];
+        for (int j = 0; j < IQ_SLABS; j++) {
+            const float a = fabsf(round_f16(v[j]));
+            if (outliers && a >= thr)
+                fm |= 1u << j;
+            amax = fmaxf(amax, a < lim ? a : 0.0f); /* also NaN -> 0 */
+        }
         for (int off = 16; off > 0; off >>= 1)
-            v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
         if (lane == 0)
-            wmax[warp][i] = v;
+            wmax[warp][i] = amax;
     }
-    __syncthreads();
-    if (warp == 0) {
-        unsigned c = wsum[lane];
-        for (int off = 1; off < 32; off <<= 1) {
-            unsigned v = __shfl_up_sync(0xffffffffu, c, off);
-            if (lane >= off)
-                c += v;
-        }
-        wsum[lane] = c; /* inclusive over warps */
-        if (t < m) {
-            float a = 0.0f;
-            for (int j = 0; j < 32; j++)
-                a = fmaxf(a, wmax[j][t]);
-            sca[t] = a;
-            scale[t] = __fdiv_rn(127.0f, a); /* 0: inf, and 0 · inf = NaN -> 0 below */
-        }
-    }
-    __syncthreads();
-    unsigned pos = incl - cnt + (warp ? wsum[warp - 1] : 0);
-    for (uint64_t k = beg; k < end; k++) {
-        const bool f = flags[k] != 0;
-        if (f)
-            ocols[pos++] = (unsigned)k;
 #pragma unroll
-        for (int i = 0; i < QK_GEMV_MAX_M; i++)
-            if (i < m) {
-                float v = __fmul_rn(round_f16(x[(uint64_t)i * K + k]), scale[i]);
-                v = v == v ? v : 0.0f;
-                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-                ca[(uint64_t)i * K + k] = f ? (int8_t)0 : (int8_t)__float2int_rn(v);
+    for (int j = 0; j < IQ_SLABS; j++)
+        if (j < slabs) {
+            const uint64_t k = (uint64_t)j * IQ_THREADS + t;
+            const bool f = (fm >> j) & 1u;
+            const unsigned b = __ballot_sync(0xffffffffu, f);
+            if (lane == 0)
+                first[j][warp] = __popc(b);
+            if (k < K)
+                flags[k] = f;
+        }
+    __syncthreads();
+    if (warp == 0) { /* exclusive scan of the counts, slab by slab */
+        unsigned run = 0;
+        for (int j = 0; j < slabs; j++) {
+            const unsigned c = first[j][lane];
+            unsigned incl = c;
+            for (int off = 1; off < 32; off <<= 1) {
+                const unsigned u = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off)
+                    incl += u;
             }
+            first[j][lane] = run + incl - c;
+            run += __shfl_sync(0xffffffffu, incl, 31);
+        }
+        if (lane == 0)
+            total = run;
+    } else if (warp == 1 && lane < m) {
+        float a = 0.0f;
+        for (int j = 0; j < 32; j++)
+            a = fmaxf(a, wmax[j][lane]);
+        sca[lane] = a;
+        scale[lane] = __fdiv_rn(127.0f, a); /* 0: inf, and 0 · inf = NaN -> 0 below */
     }
-    if (t == 1023)
-        *nout = pos;
+    __syncthreads();
+    const unsigned below = (1u << lane) - 1u;
+#pragma unroll
+    for (int j = 0; j < IQ_SLABS; j++)
+        if (j < slabs) {
+            const bool f = (fm >> j) & 1u;
+            const unsigned b = __ballot_sync(0xffffffffu, f);
+            if (f)
+                ocols[first[j][warp] + __popc(b & below)] = (unsigned)(j * IQ_THREADS + t);
+        }
+    for (int i = 0; i < m; i++) {
+        const float *xr = x + (uint64_t)i * K;
+        if (m > 1) /* for m = 1, v still holds the row */
+#pragma unroll
+            for (int j = 0; j < IQ_SLABS; j++) {
+                const uint64_t k = (uint64_t)j * IQ_THREADS + t;
+                v[j] = k < K ? xr[k] : 0.0f;
+            }
+        const float sc = scale[i];
+        int8_t *cr = ca + (uint64_t)i * K;
+#pragma unroll
+        for (int j = 0; j < IQ_SLABS; j++) {
+            const uint64_t k = (uint64_t)j * IQ_THREADS + t;
+            if (k < K) {
+                float q = __fmul_rn(round_f16(v[j]), sc);
+                q = q == q ? q : 0.0f;
+                q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q; /* only outliers get here */
+                cr[k] = (fm >> j) & 1u ? (int8_t)0 : (int8_t)__float2int_rn(q);
+            }
+        }
+    }
+    if (t == 0)
+        *nout = total;
 }
 
 /* ---- output assembly -------------------------------------------------------- */
@@ -615,9 +644,9 @@ bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &
                     cudaStream_t s, qerr *err)
 {
     const uint64_t K = w.K;
-    if (m <= QK_GEMV_MAX_M) {
-        return qk_ok(qk_launch_pdl(i8_quant_small, 1, 1024, 0, s, x, m, K, w.threshold, a.flags,
-                                   a.ocols, a.nout, a.ca, a.sca),
+    if (m <= QK_GEMV_MAX_M && K <= (uint64_t)IQ_SLABS * IQ_THREADS) {
+        return qk_ok(qk_launch_pdl(i8_quant_small, 1, IQ_THREADS, 0, s, x, m, K, w.threshold,
+                                   a.flags, a.ocols, a.nout, a.ca, a.sca),
                      "matmul: i8_quant_small", err);
     }
     if (!qk_ok(cudaMemsetAsync(a.flags, 0, K * sizeof(unsigned), s), "matmul: int8 flags", err))

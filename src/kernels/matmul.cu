@@ -473,7 +473,8 @@ void qk_blas_set_i8_shape(qk_blas *b, int shape)
      * only `shape` fits forces it */
     for (int m = 0; m < QK_GEMV_MAX_M; m++)
         for (int v = 0; v < 3; v++)
-            b->i8_slots[m][v] = shape < 0 || shape > 2 ? b->i8_plan[m][v] : v == shape ? INT_MAX : 0;
+            b->i8_slots[m][v] =
+                shape < 0 || shape > 2 ? b->i8_plan[m][v] : v == shape ? INT_MAX : 0;
 }
 
 void qk_blas_free(qk_blas *b)

@@ -22,7 +22,11 @@ import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr = rows[0]; rows = rows[1:]
 ki, vi, ii = hdr.index("Kernel Name"), hdr.index("Metric Value"), hdr.index("ID")
-seq = [(r[ki].replace("(anonymous namespace)::", "").split("(")[0].split("<")[0].replace("void ", ""), float(r[vi].replace(",", ""))) for r in rows]
+def short(n):  # "void <unnamed>::gemv_fast<6, 1, 1, 0>(...)" -> "gemv_fast"
+    for p in ("(anonymous namespace)::", "<unnamed>::", "void "):
+        n = n.replace(p, "")
+    return n.split("(")[0].split("<")[0]
+seq = [(short(r[ki]), float(r[vi].replace(",", ""))) for r in rows]
 # one token: the smallest period P with which the last launches repeat
 names = [n for n, _ in seq]
 P = next((p for p in range(1, len(seq) // 2 + 1) if names[-p:] == names[-2 * p:-p]), len(seq))

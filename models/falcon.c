@@ -379,7 +379,17 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
             B->norm(be, &L->ln_a, r->x, n, r->xn);
         if (m->wiring == FALCON_PARALLEL_TWO)
             B->norm(be, &L->ln_m, r->x, n, r->xn2);
-        FALCON_MM(&L->qkv, r->xn, r->qkv);
+        if (m->wiring == FALCON_PARALLEL_SINGLE) {
+            /* q/k/v and the MLP's first product read the same norm: one
+             * call, so one activation quantization (int8) and one decode
+             * GEMV launch; ff_a is not touched until the MLP below */
+            const qbk_linear *w2[2] = {&L->qkv, &L->h_to_4h};
+            qbk_buf *y2[2] = {r->qkv, r->ff_a};
+            if (!qbk_matmul_multi(B, be, w2, 2, r->xn, n, y2, err))
+                return err ? err->code : QRUN_ERR_INTERNAL;
+        } else {
+            FALCON_MM(&L->qkv, r->xn, r->qkv);
+        }
         B->qkv_split(be, m->layout, r->qkv, n, Hq, Hkv, m->s.head_dim, r->q, r->k, r->v);
         if (!m->alibi)
             qbk_rope_store(B, be, &m->rope, r->seq_len, r->q, r->k, r->v, n, Hq, Hkv, r->p0,
@@ -397,8 +407,8 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
             pending = r->tmp;
         } else {
             /* transformers: mlp_output += attention_output; out = mlp_output + residual */
-            const qbk_buf *mlp_in = m->wiring == FALCON_PARALLEL_TWO ? r->xn2 : r->xn;
-            FALCON_MM(&L->h_to_4h, mlp_in, r->ff_a);
+            if (m->wiring == FALCON_PARALLEL_TWO)
+                FALCON_MM(&L->h_to_4h, r->xn2, r->ff_a);
             B->gelu(be, r->ff_a, n);
             FALCON_MM(&L->h4_to_h, r->ff_a, r->xn);
             B->add(be, r->xn, r->tmp, n, r->xn);

@@ -70,8 +70,8 @@ struct qk_blas {
     bool after_all;  /* tiles wait for all earlier main-stream work (main_wrote) */
     cudaEvent_t now; /* the main stream's position, for after_all */
     size_t front_hi; /* the highest end of any call's regions before its chunk */
-    int i8_slots[QK_GEMV_MAX_M][3]; /* mm_i8_plan, or a forced shape's table */
-    int i8_plan[QK_GEMV_MAX_M][3];  /* mm_i8_plan */
+    int i8_slots[QK_GEMV_MAX_M][MM_I8_SHAPES]; /* mm_i8_plan, or a forced shape's table */
+    int i8_plan[QK_GEMV_MAX_M][MM_I8_SHAPES];  /* mm_i8_plan */
 };
 
 namespace {
@@ -472,9 +472,10 @@ void qk_blas_set_i8_shape(qk_blas *b, int shape)
      * the fewest steps per warp, and shape 0 where none fits: a table where
      * only `shape` fits forces it */
     for (int m = 0; m < QK_GEMV_MAX_M; m++)
-        for (int v = 0; v < 3; v++)
-            b->i8_slots[m][v] =
-                shape < 0 || shape > 2 ? b->i8_plan[m][v] : v == shape ? INT_MAX : 0;
+        for (int v = 0; v < MM_I8_SHAPES; v++)
+            b->i8_slots[m][v] = shape < 0 || shape >= MM_I8_SHAPES ? b->i8_plan[m][v]
+                                : v == shape                      ? INT_MAX
+                                                                  : 0;
 }
 
 void qk_blas_free(qk_blas *b)

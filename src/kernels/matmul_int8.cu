@@ -556,7 +556,7 @@ __global__ void __launch_bounds__(FT_THREADS)
 
 /* The (G, S) shapes of the m <= 4 kernel that i8_pick chooses from, and
  * the one kernel for m > 4. */
-constexpr int I8_SHAPES = 3;
+constexpr int I8_SHAPES = MM_I8_SHAPES;
 constexpr int I8_SHAPE[I8_SHAPES][2] = {{4, 2}, {4, 4}, {2, 3}};
 
 template <int M, int G, int S> void *i8_kernel() { return (void *)gemv_i8_fast<M, G, S>; }
@@ -609,10 +609,13 @@ int i8_pick(const int *slots, int m, uint64_t N, uint64_t K)
 
 } /* namespace */
 
-bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][3], qerr *err)
+bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], qerr *err)
 {
     for (int m = 1; m <= QK_GEMV_MAX_M; m++)
         for (int v = 0; v < I8_SHAPES; v++) {
+            slots[m - 1][v] = 0;
+            if (m > 4 && v > 0) /* m > 4 has one kernel (i8_pick takes shape 0) */
+                continue;
             int per_sm = 0;
             if (!qk_ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
                            &per_sm, (const void *)i8_kernel_for(m, v), i8_threads(m, v),
@@ -668,8 +671,8 @@ bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &
 }
 
 bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
-                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][3], cudaStream_t s,
-                qerr *err)
+                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][MM_I8_SHAPES],
+                cudaStream_t s, qerr *err)
 {
     if (w.K % 16 == 0 && (uintptr_t)w.data % 16 == 0 && (uintptr_t)a.ca % 16 == 0) {
         const int v = i8_pick(slots[m - 1], m, w.N, w.K);

@@ -174,13 +174,16 @@ bool mm_bias_round(float *y, int m, uint64_t N, const mm_epi &e, cudaStream_t s,
 /* LLM.int8: quantize x[m, K] (threshold w.threshold) into `a`. */
 bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &a,
                     cudaStream_t s, qerr *err);
-/* The int8 GEMV's kernel shapes: slots[m - 1][v] = how many blocks of shape
+/* The int8 GEMV's kernel shapes (MM_I8_SHAPES of them for m <= 4; m > 4
+ * has shape 0 only): slots[m - 1][v] = how many blocks of shape
  * v for m rows of x run at once on the current device (sms multiprocessors);
  * mm_i8_gemv chooses its shape from them. */
-bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][3], qerr *err);
+#define MM_I8_SHAPES 3
+bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], qerr *err);
 /* Decode: y[m, N] from the quantized activations (m <= QK_GEMV_MAX_M). */
 bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
-                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][3], cudaStream_t s,
+                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][MM_I8_SHAPES],
+                cudaStream_t s,
                 qerr *err);
 /* acc[mi * ldc + j] = Σ_k ca[mi, k] · CB[n0 + j, k] exactly, j < nc, for any
  * K (tiled dp4a; the fallback where cuBLAS' int8 GEMM does not apply). */

@@ -523,10 +523,11 @@ bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compu
         a.flags = (unsigned *)(b->ws + p.flags);
         a.ocols = (unsigned *)(b->ws + p.ocols);
         a.nout = (unsigned *)(b->ws + p.nout);
-        if (!mm_i8_quantize(mw, x, m, a, b->stream, err))
+        const bool fused = m <= QK_GEMV_MAX_M && mm_i8_fused(mw, x, m);
+        if (!fused && !mm_i8_quantize(mw, x, m, a, b->stream, err))
             return false;
         if (m <= QK_GEMV_MAX_M)
-            return mm_i8_gemv(mw, x, m, a, compute, e, y, b->i8_slots, b->stream, err);
+            return mm_i8_gemv(&mw, &e, &y, 1, x, m, a, compute, b->i8_slots, b->stream, err);
         return int8_prefill(b, mw, x, m, a, compute, e, y, p, err);
     }
     if (m <= QK_GEMV_MAX_M)
@@ -575,12 +576,12 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
         a.flags = (unsigned *)(b->ws + p.flags);
         a.ocols = (unsigned *)(b->ws + p.ocols);
         a.nout = (unsigned *)(b->ws + p.nout);
-        if (!mm_i8_quantize(mw[0], x, m, a, b->stream, err))
-            return false;
+        bool all_fused = true; /* the GEMVs that do not quantize x themselves read `a` */
         for (int j = 0; j < count; j++)
-            if (!mm_i8_gemv(mw[j], x, m, a, compute, e[j], ys[j], b->i8_slots, b->stream, err))
-                return false;
-        return true;
+            all_fused = all_fused && mm_i8_fused(mw[j], x, m);
+        if (!all_fused && !mm_i8_quantize(mw[0], x, m, a, b->stream, err))
+            return false;
+        return mm_i8_gemv(mw, e, ys, count, x, m, a, compute, b->i8_slots, b->stream, err);
     }
     for (int j = 0; j < count; j++)
         if (!qk_matmul(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))

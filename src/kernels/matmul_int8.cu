@@ -12,6 +12,8 @@
  *    the one fmaf bitsandbytes itself uses for an f16 bias), and the outlier
  *    columns are summed in the same ascending order.
  * So the result equals qmatmul's exactly; the test checks bitwise equality. */
+#include <string.h>
+
 #include "kernels/matmul_parts.cuh"
 
 namespace {
@@ -236,10 +238,10 @@ __global__ void __launch_bounds__(IQ_THREADS)
 
 /* Output (mi, n) from its exact int32 product as src/cpu/matmul.c int8_task
  * has it before the outlier columns: int8_mm_dequant, the bias, in T. */
-__device__ __forceinline__ float i8_base(const mm_weight &w, int32_t acc, int mi, uint64_t n,
-                                         const mm_i8acts &a, int T, const mm_epi &e)
+__device__ __forceinline__ float i8_base_s(const mm_weight &w, int32_t acc, float sca, uint64_t n,
+                                           int T, const mm_epi &e)
 {
-    const float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), a.sca[mi]), w.scb[n]);
+    const float v = __fmul_rn(__fmul_rn(__int2float_rn(acc), sca), w.scb[n]);
     const float b = mm_bias(e, n);
     float y16;
     if (e.bias && T == QDT_F16) { /* bitsandbytes fuses an f16 bias */
@@ -250,6 +252,12 @@ __device__ __forceinline__ float i8_base(const mm_weight &w, int32_t acc, int mi
             y16 = round_f16(__fadd_rn(y16, b));
     }
     return qk_round(y16, (qdtype)T);
+}
+
+__device__ __forceinline__ float i8_base(const mm_weight &w, int32_t acc, int mi, uint64_t n,
+                                         const mm_i8acts &a, int T, const mm_epi &e)
+{
+    return i8_base_s(w, acc, a.sca[mi], n, T, e);
 }
 
 /* Outlier column o of weight row n as T: dequant(CB[n, o]).to(T). */
@@ -323,24 +331,222 @@ __device__ __forceinline__ void i8_load(const int8_t *cb, uint64_t N, uint64_t K
                             : make_uint4(0, 0, 0, 0);
 }
 
+/* ---- decode with the quantizer fused in (m <= 4, K <= i8_kt(m), I8_FUSE_KMAX) -
+ *
+ * Each block quantizes x itself while staging it, exactly as
+ * i8_quant_small does (the same operations per element, so the same
+ * bits), and keeps the outlier columns as a bit set and, up to I8_OCAP of
+ * them, as an ascending list: no quantizer kernel runs before the GEMV.
+ * That kernel, one block between two dependents, cost ~9.5 us per product
+ * on an H100 whatever its K (docs/perf.md). */
+constexpr int I8_OCAP = 256;
+
+template <int M, int THREADS> struct i8_fused_smem {
+    unsigned fbits[(i8_kt(M) + 31) / 32]; /* outlier bit per column */
+    unsigned olist[I8_OCAP];              /* the first I8_OCAP outliers, ascending */
+    float wmax[THREADS / 32][M];
+    unsigned wtot[THREADS / 32]; /* outlier count per warp's words */
+    float sca[M], scale[M];
+    unsigned nout;
+};
+
+/* float4s of x each thread has in flight at once: every block pays the
+ * latency of one L2 read per batch before it can start its dot products. */
+template <int M> struct i8_qv {
+    static constexpr int V = M == 1 ? 4 : M == 2 ? 2 : 1;
+};
+
+/* cs[i * KT + k] = the int8 activations of x[i, k] for k < K (K <= KT,
+ * K % 16 == 0, x 16-byte aligned), and the block's outlier columns and
+ * row maxima in f. Every thread of the block calls it (barriers inside). */
+template <int M, int THREADS, int KT>
+__device__ void i8_quantize_tile(const float *__restrict__ x, uint64_t K, float thr, int8_t *cs,
+                                 i8_fused_smem<M, THREADS> &f)
+{
+    constexpr int V = i8_qv<M>::V;
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const bool outliers = thr > 0.0f;
+    const float lim = outliers ? thr : INFINITY;
+    const int nv = (int)(K / 4); /* float4s per row */
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    float amax[M];
+#pragma unroll
+    for (int i = 0; i < M; i++)
+        amax[i] = 0.0f;
+    /* Pass 1: row maxima below the threshold and the outlier bits. Lane l
+     * of a warp holds columns 4(G0 + l) .. +3, so lanes 8q .. 8q + 7 make up
+     * the bit word G0 / 8 + q. */
+    for (int base = 0; base < nv; base += V * THREADS) {
+        float4 r[V][M];
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int g = base + v * THREADS + t;
+#pragma unroll
+            for (int i = 0; i < M; i++)
+                r[v][i] = g < nv ? __ldg(x4 + (uint64_t)i * nv + g) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            unsigned nib = 0;
+#pragma unroll
+            for (int i = 0; i < M; i++) {
+                const float e[4] = {r[v][i].x, r[v][i].y, r[v][i].z, r[v][i].w};
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    const float a = fabsf(round_f16(e[c]));
+                    nib |= (outliers && a >= thr) ? 1u << c : 0u;
+                    amax[i] = fmaxf(amax[i], a < lim ? a : 0.0f); /* also NaN -> 0 */
+                }
+            }
+            unsigned wd = nib << (4 * (lane & 7));
+            if (__any_sync(0xffffffffu, nib != 0)) {
+                wd |= __shfl_xor_sync(0xffffffffu, wd, 1);
+                wd |= __shfl_xor_sync(0xffffffffu, wd, 2);
+                wd |= __shfl_xor_sync(0xffffffffu, wd, 4);
+            }
+            const int g0 = base + v * THREADS + warp * 32;
+            if ((lane & 7) == 0 && g0 + lane < nv)
+                f.fbits[g0 / 8 + lane / 8] = wd;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < M; i++) {
+        float v = amax[i];
+        for (int off = 16; off > 0; off >>= 1)
+            v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+        if (lane == 0)
+            f.wmax[warp][i] = v;
+    }
+    __syncthreads();
+    /* The ascending list: thread t counts the outliers of its run of words,
+     * an exclusive scan over the block gives where they go. */
+    const int words = (int)((K + 31) / 32), wpt = (words + THREADS - 1) / THREADS;
+    const int w0 = min(t * wpt, words), w1 = min(w0 + wpt, words);
+    unsigned c = 0;
+    for (int wd = w0; wd < w1; wd++)
+        c += __popc(f.fbits[wd]);
+    unsigned incl = c;
+    for (int off = 1; off < 32; off <<= 1) {
+        const unsigned u = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off)
+            incl += u;
+    }
+    if (lane == 31)
+        f.wtot[warp] = incl;
+    if (warp == 0 && lane < M) {
+        float a = 0.0f;
+        for (int j = 0; j < THREADS / 32; j++)
+            a = fmaxf(a, f.wmax[j][lane]);
+        f.sca[lane] = a;
+        f.scale[lane] = __fdiv_rn(127.0f, a); /* 0: inf, and 0 · inf = NaN -> 0 below */
+    }
+    __syncthreads();
+    unsigned pos = incl - c;
+    for (int j = 0; j < warp; j++)
+        pos += f.wtot[j];
+    if (t == THREADS - 1)
+        f.nout = pos + c;
+    for (int wd = w0; wd < w1 && pos < I8_OCAP; wd++)
+        for (unsigned rest = f.fbits[wd]; rest && pos < I8_OCAP; rest &= rest - 1)
+            f.olist[pos++] = (unsigned)wd * 32 + (__ffs(rest) - 1);
+    /* Pass 2: x again (from L1 now), quantized four columns to a store. */
+    for (int base = 0; base < nv; base += V * THREADS) {
+        float4 r[V][M];
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int g = base + v * THREADS + t;
+#pragma unroll
+            for (int i = 0; i < M; i++)
+                r[v][i] = g < nv ? __ldg(x4 + (uint64_t)i * nv + g) : make_float4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int g = base + v * THREADS + t;
+            if (g >= nv)
+                continue;
+            const unsigned nib = (f.fbits[g / 8] >> (4 * (g & 7))) & 15u;
+#pragma unroll
+            for (int i = 0; i < M; i++) {
+                const float e[4] = {r[v][i].x, r[v][i].y, r[v][i].z, r[v][i].w};
+                const float sc = f.scale[i];
+                unsigned packed = 0;
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    float q = __fmul_rn(round_f16(e[c]), sc);
+                    q = q == q ? q : 0.0f;
+                    q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q; /* only outliers get here */
+                    const int qi = (nib >> c) & 1u ? 0 : __float2int_rn(q);
+                    packed |= (unsigned)(qi & 0xff) << (8 * c);
+                }
+                *reinterpret_cast<unsigned *>(cs + i * KT + 4 * g) = packed;
+            }
+        }
+    }
+}
+
+/* i8_output with the block's own quantization (i8_quantize_tile). */
+template <int M, int THREADS>
+__device__ float i8_output_fused(const mm_weight &w, int32_t acc, int mi, uint64_t n,
+                                 const float *__restrict__ x, const i8_fused_smem<M, THREADS> &f,
+                                 int T, const mm_epi &e)
+{
+    const float yt = i8_base_s(w, acc, f.sca[mi], n, T, e);
+    const float *xr = x + (uint64_t)mi * w.K;
+    const unsigned nout = f.nout;
+    float s = 0.0f; /* the outlier columns in ascending order, as i8_output */
+    if (nout <= I8_OCAP) {
+        for (unsigned j = 0; j < nout; j++) {
+            const unsigned o = f.olist[j];
+            s = __fadd_rn(s, __fmul_rn(qk_round(xr[o], (qdtype)T), i8_outlier_w(w, n, o, T)));
+        }
+    } else {
+        const int words = (int)((w.K + 31) / 32);
+        for (int wd = 0; wd < words; wd++)
+            for (unsigned rest = f.fbits[wd]; rest; rest &= rest - 1) {
+                const unsigned o = (unsigned)wd * 32 + (__ffs(rest) - 1);
+                s = __fadd_rn(s, __fmul_rn(qk_round(xr[o], (qdtype)T), i8_outlier_w(w, n, o, T)));
+            }
+    }
+    return i8_final(yt, s, nout, T, e);
+}
+
+/* Up to MM_I8_JOBS products of one x and one threshold in one launch: job
+ * j owns blocks [first[j], first[j + 1]). One launch rather than one per
+ * product saves each later product its start (the blocks' x staging, or
+ * quantization, and their first weight loads) and the earlier one's tail. */
+struct i8_jobs {
+    mm_weight w[MM_I8_JOBS];
+    mm_epi e[MM_I8_JOBS];
+    float *y[MM_I8_JOBS];
+    unsigned first[MM_I8_JOBS + 1];
+};
+
 /* m = 1: 64 registers, so that 1024 threads of any shape fit per SM */
-template <int M, int G, int S>
+template <int M, int G, int S, bool FUSED = false>
 __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
                                   M == 1 ? 1024 / i8_geom<M, G, S>::THREADS : 1)
-    gemv_i8_fast(mm_weight w, const float *__restrict__ x, mm_i8acts a, int T, mm_epi e,
-                 float *__restrict__ y)
+    gemv_i8_fast(const __grid_constant__ i8_jobs jobs, const float *__restrict__ x, mm_i8acts a,
+                 int T)
 {
+    static_assert(MM_I8_JOBS == 3, "the job choice below");
+    const unsigned b = blockIdx.x;
+    const int job = b < jobs.first[1] ? 0 : b < jobs.first[2] ? 1 : 2;
+    const mm_weight &w = jobs.w[job];
+    const mm_epi &e = jobs.e[job];
+    float *__restrict__ y = jobs.y[job];
     using GEO = i8_geom<M, G, S>;
     constexpr int KT = GEO::KT, STEP = 32 * 16, SLICES = S;
     constexpr bool AHEAD = GEO::AHEAD;
+    static_assert(!FUSED || AHEAD, "the fused quantizer is for m <= 4");
     qk_launch_dependents(); /* the kernel after it may be scheduled */
     extern __shared__ uint4 i8_smem[];
     __shared__ int part[G][32]; /* the other slices' sums */
+    __shared__ i8_fused_smem<FUSED ? M : 1, FUSED ? GEO::THREADS : 32> fq;
     int8_t *cs = reinterpret_cast<int8_t *>(i8_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp % G, slice = warp / G;
     const uint64_t N = w.N, K = w.K;
-    const uint64_t row0 = ((uint64_t)blockIdx.x * G + grp) * I8_ROWS;
+    const uint64_t row0 = ((uint64_t)(b - jobs.first[job]) * G + grp) * I8_ROWS;
     const bool active = row0 < N; /* idle warps still help stage x */
     const int8_t *cb = (const int8_t *)w.data;
     int acc[I8_ROWS][M];
@@ -354,12 +560,16 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
         if (AHEAD && active && kk < kt) /* the weights do not wait for x */
             i8_load(cb, N, K, row0, k0 + kk, cur);
         __syncthreads();
-        qk_wait_prior(); /* the quantized x comes from the kernel before */
-        const int q = kt / 16;
-        for (int i = threadIdx.x; i < M * q; i += GEO::THREADS) {
-            int m = i / q, k = 16 * (i - m * q);
-            *reinterpret_cast<uint4 *>(cs + m * KT + k) =
-                *reinterpret_cast<const uint4 *>(a.ca + (uint64_t)m * K + k0 + k);
+        qk_wait_prior(); /* x, or its quantization, comes from the kernel before */
+        if constexpr (FUSED) {
+            i8_quantize_tile<M, GEO::THREADS, KT>(x, K, w.threshold, cs, fq); /* K <= KT */
+        } else {
+            const int q = kt / 16;
+            for (int i = threadIdx.x; i < M * q; i += GEO::THREADS) {
+                int m = i / q, k = 16 * (i - m * q);
+                *reinterpret_cast<uint4 *>(cs + m * KT + k) =
+                    *reinterpret_cast<const uint4 *>(a.ca + (uint64_t)m * K + k0 + k);
+            }
         }
         __syncthreads();
         if (!active)
@@ -396,8 +606,12 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
      * per unrolled (r, m). */
     const int mine = mm_slices_sum<SLICES>(acc, lane, grp, slice, part);
     const int r = lane / M, m = lane % M;
-    if (slice == 0 && active && r < I8_ROWS && row0 + r < N)
-        y[(uint64_t)m * N + row0 + r] = i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
+    if (slice == 0 && active && r < I8_ROWS && row0 + r < N) {
+        if constexpr (FUSED)
+            y[(uint64_t)m * N + row0 + r] = i8_output_fused(w, mine, m, row0 + r, x, fq, T, e);
+        else
+            y[(uint64_t)m * N + row0 + r] = i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
+    }
 }
 
 /* Any cols: a warp per weight row, byte loads. */
@@ -559,28 +773,29 @@ __global__ void __launch_bounds__(FT_THREADS)
 constexpr int I8_SHAPES = MM_I8_SHAPES;
 constexpr int I8_SHAPE[I8_SHAPES][2] = {{4, 2}, {4, 4}, {2, 3}};
 
-template <int M, int G, int S> void *i8_kernel() { return (void *)gemv_i8_fast<M, G, S>; }
-
-/* Kernel shape v for m rows of x (v < I8_SHAPES; m > 4 has shape 0 only). */
-template <int M> void *i8_kernel_of(int v)
+/* Kernel shape v for m rows of x (v < I8_SHAPES; m > 4 has shape 0 only),
+ * with the quantizer fused in or not (m <= 4). */
+template <int M, bool F> void *i8_kernel_of(int v)
 {
     if constexpr (M > 4)
-        return i8_kernel<M, 4, 1>();
+        return (void *)gemv_i8_fast<M, 4, 1>;
     else
-        return v == 1 ? i8_kernel<M, 4, 4>() : v == 2 ? i8_kernel<M, 2, 3>() : i8_kernel<M, 4, 2>();
+        return v == 1   ? (void *)gemv_i8_fast<M, 4, 4, F>
+               : v == 2 ? (void *)gemv_i8_fast<M, 2, 3, F>
+                        : (void *)gemv_i8_fast<M, 4, 2, F>;
 }
 
-void *i8_kernel_for(int m, int v)
+void *i8_kernel_for(int m, int v, bool fused)
 {
     switch (m) {
-    case 1: return i8_kernel_of<1>(v);
-    case 2: return i8_kernel_of<2>(v);
-    case 3: return i8_kernel_of<3>(v);
-    case 4: return i8_kernel_of<4>(v);
-    case 5: return i8_kernel_of<5>(v);
-    case 6: return i8_kernel_of<6>(v);
-    case 7: return i8_kernel_of<7>(v);
-    default: return i8_kernel_of<8>(v);
+    case 1: return fused ? i8_kernel_of<1, true>(v) : i8_kernel_of<1, false>(v);
+    case 2: return fused ? i8_kernel_of<2, true>(v) : i8_kernel_of<2, false>(v);
+    case 3: return fused ? i8_kernel_of<3, true>(v) : i8_kernel_of<3, false>(v);
+    case 4: return fused ? i8_kernel_of<4, true>(v) : i8_kernel_of<4, false>(v);
+    case 5: return i8_kernel_of<5, false>(v);
+    case 6: return i8_kernel_of<6, false>(v);
+    case 7: return i8_kernel_of<7, false>(v);
+    default: return i8_kernel_of<8, false>(v);
     }
 }
 
@@ -609,6 +824,18 @@ int i8_pick(const int *slots, int m, uint64_t N, uint64_t K)
 
 } /* namespace */
 
+/* Past this many columns the blocks' own quantization (several dependent
+ * L2 round trips before the first dot product, the weight stream idle)
+ * costs more than the separate kernel: on an H100 (docs/perf.md) fusing
+ * saved 4.1 us at K 4096 and 4.4 us at 11008 but lost 4.7 us at 18176. */
+constexpr uint64_t I8_FUSE_KMAX = 12288;
+
+bool mm_i8_fused(const mm_weight &w, const float *x, int m)
+{
+    return m <= 4 && w.K <= (uint64_t)i8_kt(m) && w.K <= I8_FUSE_KMAX && w.K % 16 == 0 &&
+           (uintptr_t)w.data % 16 == 0 && (uintptr_t)x % 16 == 0;
+}
+
 bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], qerr *err)
 {
     for (int m = 1; m <= QK_GEMV_MAX_M; m++)
@@ -618,7 +845,7 @@ bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], qerr *err)
                 continue;
             int per_sm = 0;
             if (!qk_ok(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                           &per_sm, (const void *)i8_kernel_for(m, v), i8_threads(m, v),
+                           &per_sm, (const void *)i8_kernel_for(m, v, m <= 4), i8_threads(m, v),
                            i8_smem_bytes(m)),
                        "matmul: int8 GEMV occupancy", err))
                 return false;
@@ -629,16 +856,33 @@ bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], qerr *err)
 
 namespace {
 
-/* A programmatic dependent of the quantizer (or of the product before it
- * of the same x): the blocks start and load their first weight vectors
- * while it finishes. */
-cudaError_t i8_launch(int v, const mm_weight &w, const float *x, const mm_i8acts &a, int T,
-                      const mm_epi &e, float *y, int m, cudaStream_t s)
+/* A programmatic dependent of the quantizer (or of the kernel that wrote
+ * x): the blocks start and load their first weight vectors while it
+ * finishes. */
+cudaError_t i8_launch(int v, const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                      bool fused, const float *x, const mm_i8acts &a, int T, int m,
+                      cudaStream_t s)
 {
-    const unsigned blocks = qk_div_up(w.N, (uint64_t)i8_rows(m, v));
-    void (*k)(mm_weight, const float *, mm_i8acts, int, mm_epi, float *) =
-        (void (*)(mm_weight, const float *, mm_i8acts, int, mm_epi, float *))i8_kernel_for(m, v);
-    return qk_launch_pdl(k, blocks, i8_threads(m, v), i8_smem_bytes(m), s, w, x, a, T, e, y);
+    i8_jobs jobs;
+    memset(&jobs, 0, sizeof jobs);
+    jobs.first[0] = 0;
+    for (int j = 0; j < MM_I8_JOBS; j++) {
+        const int src = j < count ? j : count - 1; /* unused jobs own no blocks */
+        jobs.w[j] = ws[src], jobs.e[j] = es[src], jobs.y[j] = ys[src];
+        jobs.first[j + 1] =
+            jobs.first[j] + (j < count ? (unsigned)qk_div_up(ws[j].N, (uint64_t)i8_rows(m, v)) : 0);
+    }
+    void (*k)(i8_jobs, const float *, mm_i8acts, int) =
+        (void (*)(i8_jobs, const float *, mm_i8acts, int))i8_kernel_for(m, v, fused);
+    return qk_launch_pdl(k, jobs.first[MM_I8_JOBS], i8_threads(m, v), i8_smem_bytes(m), s, jobs, x,
+                         a, T);
+}
+
+/* Whether the 16-byte GEMV takes w (else gemv_i8_any). */
+bool i8_fast(const mm_weight &w, const float *x, int m, const mm_i8acts &a)
+{
+    return mm_i8_fused(w, x, m) ||
+           (w.K % 16 == 0 && (uintptr_t)w.data % 16 == 0 && (uintptr_t)a.ca % 16 == 0);
 }
 
 } /* namespace */
@@ -670,16 +914,36 @@ bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &
     return qk_launched("matmul: i8_quant_rows", err);
 }
 
-bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
-                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][MM_I8_SHAPES],
-                cudaStream_t s, qerr *err)
+bool mm_i8_gemv(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                const float *x, int m, const mm_i8acts &a, qdtype T,
+                const int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], cudaStream_t s, qerr *err)
 {
-    if (w.K % 16 == 0 && (uintptr_t)w.data % 16 == 0 && (uintptr_t)a.ca % 16 == 0) {
-        const int v = i8_pick(slots[m - 1], m, w.N, w.K);
-        return qk_ok(i8_launch(v, w, x, a, T, e, y, m, s), "matmul: gemv_i8_fast", err);
+    /* one launch when every product takes the 16-byte kernel the same way */
+    bool one = count <= MM_I8_JOBS;
+    uint64_t rows = 0;
+    for (int j = 0; j < count; j++) {
+        one = one && i8_fast(ws[j], x, m, a) && mm_i8_fused(ws[j], x, m) == mm_i8_fused(ws[0], x, m);
+        rows += ws[j].N;
     }
-    gemv_i8_any<<<qk_div_up(w.N, I8_WARPS), I8_THREADS, 0, s>>>(w, x, m, a, T, e, y);
-    return qk_launched("matmul: gemv_i8_any", err);
+    if (one) {
+        const int v = i8_pick(slots[m - 1], m, rows, ws[0].K);
+        return qk_ok(i8_launch(v, ws, es, ys, count, mm_i8_fused(ws[0], x, m), x, a, T, m, s),
+                     "matmul: gemv_i8_fast", err);
+    }
+    for (int j = 0; j < count; j++) {
+        const mm_weight &w = ws[j];
+        if (i8_fast(w, x, m, a)) {
+            const int v = i8_pick(slots[m - 1], m, w.N, w.K);
+            if (!qk_ok(i8_launch(v, &w, &es[j], &ys[j], 1, mm_i8_fused(w, x, m), x, a, T, m, s),
+                       "matmul: gemv_i8_fast", err))
+                return false;
+        } else {
+            gemv_i8_any<<<qk_div_up(w.N, I8_WARPS), I8_THREADS, 0, s>>>(w, x, m, a, T, es[j], ys[j]);
+            if (!qk_launched("matmul: gemv_i8_any", err))
+                return false;
+        }
+    }
+    return true;
 }
 
 bool mm_i8_gemm(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int8_t *ca,

@@ -174,17 +174,24 @@ bool mm_bias_round(float *y, int m, uint64_t N, const mm_epi &e, cudaStream_t s,
 /* LLM.int8: quantize x[m, K] (threshold w.threshold) into `a`. */
 bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &a,
                     cudaStream_t s, qerr *err);
+/* Whether mm_i8_gemv quantizes x itself for this weight, x and m (m <= 4,
+ * K within one activation tile, 16-byte aligned rows): then no mm_i8_quantize is needed before
+ * it, and `a` is not read. */
+bool mm_i8_fused(const mm_weight &w, const float *x, int m);
 /* The int8 GEMV's kernel shapes (MM_I8_SHAPES of them for m <= 4; m > 4
  * has shape 0 only): slots[m - 1][v] = how many blocks of shape
  * v for m rows of x run at once on the current device (sms multiprocessors);
  * mm_i8_gemv chooses its shape from them. */
 #define MM_I8_SHAPES 3
 bool mm_i8_plan(int sms, int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], qerr *err);
-/* Decode: y[m, N] from the quantized activations (m <= QK_GEMV_MAX_M). */
-bool mm_i8_gemv(const mm_weight &w, const float *x, int m, const mm_i8acts &a, qdtype T,
-                const mm_epi &e, float *y, const int slots[QK_GEMV_MAX_M][MM_I8_SHAPES],
-                cudaStream_t s,
-                qerr *err);
+/* Decode: ys[j][m, N_j] = x · ws[j]ᵀ for `count` int8 products of one x
+ * with one threshold and K (m <= QK_GEMV_MAX_M), from the quantized
+ * activations `a` where the GEMV does not quantize x itself; up to
+ * MM_I8_JOBS of them in one launch. */
+#define MM_I8_JOBS 3
+bool mm_i8_gemv(const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
+                const float *x, int m, const mm_i8acts &a, qdtype T,
+                const int slots[QK_GEMV_MAX_M][MM_I8_SHAPES], cudaStream_t s, qerr *err);
 /* acc[mi * ldc + j] = Σ_k ca[mi, k] · CB[n0 + j, k] exactly, j < nc, for any
  * K (tiled dp4a; the fallback where cuBLAS' int8 GEMM does not apply). */
 bool mm_i8_gemm(const mm_weight &w, uint64_t n0, uint64_t nc, int m, const int8_t *ca,

@@ -59,6 +59,7 @@ static uint64_t seed;
 static cudaStream_t stream;
 static qk_blas *blas;
 static int quick;
+static int many_outliers; /* make_x: int8 outlier columns to inject (0: a few) */
 
 #define CUDA_OK(call)                                                                         \
     do {                                                                                      \
@@ -254,7 +255,14 @@ static float *make_x(const tweight *t, qdtype T, int m, int variant)
     for (uint64_t i = 0; i < n; i++)
         x[i] = tu_normal(&rng);
     if (t->h.dtype == QDT_I8) {
-        if (t->kind->threshold > 0.0f) {
+        if (t->kind->threshold > 0.0f && many_outliers) {
+            /* at least many_outliers distinct columns, each in one random row */
+            for (int j = 0; j < many_outliers; j++) {
+                uint64_t col = (uint64_t)j * K / (uint64_t)many_outliers;
+                uint64_t i = (uint64_t)(tu_uniform(&rng) * m) * K + col;
+                x[i] = (j % 2 ? -6.5f : 9.0f) * (1.0f + (float)tu_uniform(&rng));
+            }
+        } else if (t->kind->threshold > 0.0f) {
             int cols = 1 + variant % 3;
             for (int j = 0; j < cols; j++) {
                 uint64_t i = (uint64_t)(tu_uniform(&rng) * (double)n);
@@ -472,6 +480,31 @@ START_TEST(int8_matches_cpu_bitwise)
         run_kind(&K_I8T6);
     }
     qk_blas_set_i8_shape(blas, -1);
+}
+END_TEST
+
+/* int8 with more outlier columns than the decode GEMV keeps in its list
+ * (256: it walks its bit set instead) and with fewer, spread over every
+ * bit word; and K past the m = 4 GEMV's one activation tile (8192), where a
+ * separate kernel quantizes x. */
+START_TEST(int8_many_outliers_bitwise)
+{
+    static const struct {
+        uint64_t N, K;
+        int outliers, m;
+    } cases[] = {
+        {33, 4160, 300, 1}, {33, 4160, 300, 4}, {70, 4160, 255, 1}, {70, 4160, 257, 3},
+        {17, 8256, 40, 4},  {17, 8256, 40, 1},  {29, 4160, 700, 9},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tweight t;
+        tw_build(&t, &K_I8T6, cases[i].N, cases[i].K, 64);
+        many_outliers = cases[i].outliers;
+        for (int ti = 0; ti < 3; ti++)
+            run_case(&t, computes[ti], cases[i].m, 3 * (int)i + ti);
+        many_outliers = 0;
+        tw_free(&t);
+    }
 }
 END_TEST
 
@@ -790,6 +823,7 @@ int main(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, fourbit_matches_cpu);
     tcase_add_test(tc, int8_matches_cpu_bitwise);
+    tcase_add_test(tc, int8_many_outliers_bitwise);
     tcase_add_test(tc, plain_matches_cpu);
     tcase_add_test(tc, large_shape_matches_cpu);
     tcase_add_test(tc, graph_replay_matches_cpu);

@@ -209,6 +209,7 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
 #pragma unroll
             for (int h = 0; h < HG; h++)
                 acc[h] = 0.0f;
+#pragma unroll 8 /* 8 loads in flight: a 128-column f16 row in two round trips */
             for (int d0 = 0; d0 < D; d0 += 8) {
                 float x[8];
                 load8<T, VEC>(krow, d0, D, x);
@@ -298,7 +299,28 @@ __global__ void __launch_bounds__(SPLIT_THREADS)
         for (int i = 0; i < 8; i++)
             acc[h][i] = 0.0f;
     if (slot < kslots) {
-        for (int j = slot; j < nvalid; j += kslots) {
+        /* VB rows loaded before any is used (each slot walks ~16 keys of a
+         * full chunk: one memory round trip per key otherwise), then added
+         * in the same order as one at a time */
+        constexpr int VB = 4;
+        int j = slot;
+        for (; j + (VB - 1) * kslots < nvalid; j += VB * kslots) {
+            float x[VB][8];
+#pragma unroll
+            for (int u = 0; u < VB; u++)
+                load8<T, VEC>(vc + (kv_head + (size_t)(c0 + j + u * kslots)) * (size_t)D,
+                              piece * 8, D, x[u]);
+#pragma unroll
+            for (int u = 0; u < VB; u++)
+#pragma unroll
+                for (int h = 0; h < HG; h++) {
+                    float w = ws[h][j + u * kslots];
+#pragma unroll
+                    for (int i = 0; i < 8; i++)
+                        acc[h][i] = fmaf(w, x[u][i], acc[h][i]);
+                }
+        }
+        for (; j < nvalid; j += kslots) {
             float x[8];
             load8<T, VEC>(vc + (kv_head + (size_t)(c0 + j)) * (size_t)D, piece * 8, D, x);
 #pragma unroll

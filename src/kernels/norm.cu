@@ -108,6 +108,38 @@ __device__ static void add_residual(float *xr, const float *tr, int dim, qdtype 
     }
 }
 
+/* This thread's elements of a norm parameter (weight or bias) of dtype dt,
+ * as f32, in load_row's order (zeros past dim). The parameters are not
+ * written by the kernel before, so the kernels load them before waiting for
+ * it: their memory round trip no longer follows the row's reduction. Only
+ * where they fit in registers beside the row (param_ahead); longer rows
+ * load them where they are used (param_at). */
+template <int V, int C> __host__ __device__ constexpr bool param_ahead() { return C * V <= 8; }
+
+template <int V, int C>
+__device__ static void load_param(const void *p, qdtype dt, int dim, float (&pv)[C * V])
+{
+    if constexpr (param_ahead<V, C>()) {
+#pragma unroll
+        for (int c = 0; c < C; c++) {
+            const int i = (c * (int)blockDim.x + (int)threadIdx.x) * V;
+#pragma unroll
+            for (int k = 0; k < V; k++)
+                pv[c * V + k] = i + k < dim ? qk_load(p, dt, (uint64_t)(i + k)) : 0.0f;
+        }
+    }
+}
+
+template <int V, int C>
+__device__ __forceinline__ float param_at(const float (&pv)[C * V], const void *p, qdtype dt,
+                                          int c, int i, int k)
+{
+    if constexpr (param_ahead<V, C>())
+        return pv[c * V + k];
+    else
+        return qk_load(p, dt, (uint64_t)(i + k));
+}
+
 /* y may equal x (or t): every element is read and written by the same
  * thread. t: NULL, or the residual addend (x = act(x + t) first). */
 template <int V, int C>
@@ -115,6 +147,8 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
     rmsnorm_kernel(float *x, const float *t, float *y, int dim, const void *w, qdtype w_dt,
                    float eps, qdtype act)
 {
+    float wv[C * V];
+    load_param<V, C>(w, w_dt, dim, wv);
     qk_wait_prior();
     qk_launch_dependents();
     __shared__ float red[32];
@@ -142,7 +176,7 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
 #pragma unroll
         for (int k = 0; k < V; k++) {
             float h = qk_round(__fmul_rn(v[c * V + k], rs), act);
-            o[k] = qk_round(__fmul_rn(qk_load(w, w_dt, (uint64_t)(i + k)), h), prod_dt);
+            o[k] = qk_round(__fmul_rn(param_at<V, C>(wv, w, w_dt, c, i, k), h), prod_dt);
         }
         store_vec<V>(yr + i, o);
     }
@@ -153,6 +187,9 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
     layernorm_kernel(float *x, const float *t, float *y, int dim, const void *w, const void *b,
                      qdtype wb_dt, float eps, qdtype act)
 {
+    float wv[C * V], bv[C * V];
+    load_param<V, C>(w, wb_dt, dim, wv);
+    load_param<V, C>(b, wb_dt, dim, bv);
     qk_wait_prior();
     qk_launch_dependents();
     __shared__ float red[32];
@@ -193,8 +230,8 @@ __global__ void __launch_bounds__(NORM_MAX_THREADS)
 #pragma unroll
         for (int k = 0; k < V; k++) {
             float t = __fadd_rn(__fmul_rn(v[c * V + k], rstd), shift);
-            t = __fadd_rn(__fmul_rn(t, qk_load(w, wb_dt, (uint64_t)(i + k))),
-                          qk_load(b, wb_dt, (uint64_t)(i + k)));
+            t = __fadd_rn(__fmul_rn(t, param_at<V, C>(wv, w, wb_dt, c, i, k)),
+                          param_at<V, C>(bv, b, wb_dt, c, i, k));
             o[k] = qk_round(t, act);
         }
         store_vec<V>(yr + i, o);

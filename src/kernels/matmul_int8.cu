@@ -321,6 +321,11 @@ template <int M, int G, int S> struct i8_geom {
     static constexpr int THREADS = G * S * 32;
 };
 
+__device__ __forceinline__ uint32_t i8_word(const uint4 &v, int i)
+{
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
 /* The vectors of rows row0.. at column col (zero past N). */
 __device__ __forceinline__ void i8_load(const int8_t *cb, uint64_t N, uint64_t K, uint64_t row0,
                                         uint64_t col, uint4 v[I8_ROWS])
@@ -340,10 +345,23 @@ __device__ __forceinline__ void i8_load(const int8_t *cb, uint64_t N, uint64_t K
  * That kernel, one block between two dependents, cost ~9.5 us per product
  * on an H100 whatever its K (docs/perf.md). */
 constexpr int I8_OCAP = 256;
+/* Past this many columns the blocks' own quantization (several dependent
+ * L2 round trips before the first dot product, the weight stream idle)
+ * costs more than the separate kernel: on an H100 (docs/perf.md) fusing
+ * saved 4.1 us at K 4096 and 4.4 us at 11008 but lost 4.7 us at 18176. */
+constexpr uint64_t I8_FUSE_KMAX = 12288;
+constexpr int I8_FUSE_WORDS = (int)(I8_FUSE_KMAX / 32);
+constexpr int I8_MAX_BLOCK_ROWS = 4 * I8_ROWS; /* the shapes' G <= 4 */
 
 template <int M, int THREADS> struct i8_fused_smem {
-    unsigned fbits[(i8_kt(M) + 31) / 32]; /* outlier bit per column */
-    unsigned olist[I8_OCAP];              /* the first I8_OCAP outliers, ascending */
+    static constexpr int WORDS =
+        (i8_kt(M) + 31) / 32 < I8_FUSE_WORDS ? (i8_kt(M) + 31) / 32 : I8_FUSE_WORDS;
+    unsigned fbits[WORDS]; /* outlier bit per column */
+    unsigned wpre[WORDS];  /* outliers in the words before */
+    unsigned olist[I8_OCAP]; /* the first I8_OCAP outliers, ascending */
+    /* ocb[r][j]: the weight byte of the block's row r at outlier column
+     * olist[j], kept as the row's vectors stream past (j < I8_OCAP) */
+    int8_t ocb[I8_MAX_BLOCK_ROWS][I8_OCAP];
     float wmax[THREADS / 32][M];
     unsigned wtot[THREADS / 32]; /* outlier count per warp's words */
     float sca[M], scale[M];
@@ -446,6 +464,10 @@ __device__ void i8_quantize_tile(const float *__restrict__ x, uint64_t K, float 
         pos += f.wtot[j];
     if (t == THREADS - 1)
         f.nout = pos + c;
+    for (int wd = w0, run = (int)pos; wd < w1; wd++) {
+        f.wpre[wd] = (unsigned)run;
+        run += __popc(f.fbits[wd]);
+    }
     for (int wd = w0; wd < w1 && pos < I8_OCAP; wd++)
         for (unsigned rest = f.fbits[wd]; rest && pos < I8_OCAP; rest &= rest - 1)
             f.olist[pos++] = (unsigned)wd * 32 + (__ffs(rest) - 1);
@@ -486,7 +508,7 @@ __device__ void i8_quantize_tile(const float *__restrict__ x, uint64_t K, float 
 
 /* i8_output with the block's own quantization (i8_quantize_tile). */
 template <int M, int THREADS>
-__device__ float i8_output_fused(const mm_weight &w, int32_t acc, int mi, uint64_t n,
+__device__ float i8_output_fused(const mm_weight &w, int32_t acc, int mi, uint64_t n, int rloc,
                                  const float *__restrict__ x, const i8_fused_smem<M, THREADS> &f,
                                  int T, const mm_epi &e)
 {
@@ -495,9 +517,11 @@ __device__ float i8_output_fused(const mm_weight &w, int32_t acc, int mi, uint64
     const unsigned nout = f.nout;
     float s = 0.0f; /* the outlier columns in ascending order, as i8_output */
     if (nout <= I8_OCAP) {
-        for (unsigned j = 0; j < nout; j++) {
-            const unsigned o = f.olist[j];
-            s = __fadd_rn(s, __fmul_rn(qk_round(xr[o], (qdtype)T), i8_outlier_w(w, n, o, T)));
+        const float scb = w.scb[n];
+        for (unsigned j = 0; j < nout; j++) { /* the weight bytes from ocb: i8_outlier_w */
+            const float cb = (float)f.ocb[rloc][j];
+            const float wv = qk_round(__fmul_rn(__fmul_rn(cb, scb), MM_INV127), (qdtype)T);
+            s = __fadd_rn(s, __fmul_rn(qk_round(xr[f.olist[j]], (qdtype)T), wv));
         }
     } else {
         const int words = (int)((w.K + 31) / 32);
@@ -581,6 +605,18 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
             const bool more = AHEAD && kk + SLICES * STEP < kt;
             if (more) /* keep the next vectors in flight while these are used */
                 i8_load(cb, N, K, row0, k0 + kk + SLICES * STEP, nxt);
+            if constexpr (FUSED) { /* keep this vector's outlier bytes (K <= KT: k0 = 0) */
+                const unsigned word = fq.fbits[kk >> 5], sh = kk & 16;
+                for (unsigned bits = (word >> sh) & 0xffffu; bits; bits &= bits - 1) {
+                    const int b = __ffs(bits) - 1;
+                    const unsigned rank = fq.wpre[kk >> 5] + __popc(word & ((1u << (sh + b)) - 1u));
+                    if (rank < I8_OCAP)
+#pragma unroll
+                        for (int r = 0; r < I8_ROWS; r++)
+                            fq.ocb[grp * I8_ROWS + r][rank] =
+                                (int8_t)(i8_word(cur[r], b >> 2) >> (8 * (b & 3)));
+                }
+            }
 #pragma unroll
             for (int m = 0; m < M; m++) {
                 uint4 c = *reinterpret_cast<const uint4 *>(cs + m * KT + kk);
@@ -605,10 +641,13 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
      * the other slices' sums: one copy of the assembly code rather than one
      * per unrolled (r, m). */
     const int mine = mm_slices_sum<SLICES>(acc, lane, grp, slice, part);
+    if constexpr (FUSED)
+        __syncthreads(); /* every slice's outlier bytes are in fq.ocb */
     const int r = lane / M, m = lane % M;
     if (slice == 0 && active && r < I8_ROWS && row0 + r < N) {
         if constexpr (FUSED)
-            y[(uint64_t)m * N + row0 + r] = i8_output_fused(w, mine, m, row0 + r, x, fq, T, e);
+            y[(uint64_t)m * N + row0 + r] =
+                i8_output_fused(w, mine, m, row0 + r, grp * I8_ROWS + r, x, fq, T, e);
         else
             y[(uint64_t)m * N + row0 + r] = i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
     }
@@ -823,12 +862,6 @@ int i8_pick(const int *slots, int m, uint64_t N, uint64_t K)
 }
 
 } /* namespace */
-
-/* Past this many columns the blocks' own quantization (several dependent
- * L2 round trips before the first dot product, the weight stream idle)
- * costs more than the separate kernel: on an H100 (docs/perf.md) fusing
- * saved 4.1 us at K 4096 and 4.4 us at 11008 but lost 4.7 us at 18176. */
-constexpr uint64_t I8_FUSE_KMAX = 12288;
 
 bool mm_i8_fused(const mm_weight &w, const float *x, int m)
 {

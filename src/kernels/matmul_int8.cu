@@ -553,11 +553,6 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
                  int T)
 {
     static_assert(MM_I8_JOBS == 3, "the job choice below");
-    const unsigned b = blockIdx.x;
-    const int job = b < jobs.first[1] ? 0 : b < jobs.first[2] ? 1 : 2;
-    const mm_weight &w = jobs.w[job];
-    const mm_epi &e = jobs.e[job];
-    float *__restrict__ y = jobs.y[job];
     using GEO = i8_geom<M, G, S>;
     constexpr int KT = GEO::KT, STEP = 32 * 16, SLICES = S;
     constexpr bool AHEAD = GEO::AHEAD;
@@ -569,87 +564,100 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
     int8_t *cs = reinterpret_cast<int8_t *>(i8_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp % G, slice = warp / G;
-    const uint64_t N = w.N, K = w.K;
-    const uint64_t row0 = ((uint64_t)(b - jobs.first[job]) * G + grp) * I8_ROWS;
-    const bool active = row0 < N; /* idle warps still help stage x */
-    const int8_t *cb = (const int8_t *)w.data;
-    int acc[I8_ROWS][M];
-    for (int r = 0; r < I8_ROWS; r++)
-        for (int m = 0; m < M; m++)
-            acc[r][m] = 0;
-    for (uint64_t k0 = 0; k0 < K; k0 += KT) {
-        const int kt = (int)min((uint64_t)KT, K - k0);
-        int kk = lane * 16 + slice * STEP;
-        uint4 cur[I8_ROWS];
-        if (AHEAD && active && kk < kt) /* the weights do not wait for x */
-            i8_load(cb, N, K, row0, k0 + kk, cur);
-        __syncthreads();
-        qk_wait_prior(); /* x, or its quantization, comes from the kernel before */
-        if constexpr (FUSED) {
-            i8_quantize_tile<M, GEO::THREADS, KT>(x, K, w.threshold, cs, fq); /* K <= KT */
-        } else {
-            const int q = kt / 16;
-            for (int i = threadIdx.x; i < M * q; i += GEO::THREADS) {
-                int m = i / q, k = 16 * (i - m * q);
-                *reinterpret_cast<uint4 *>(cs + m * KT + k) =
-                    *reinterpret_cast<const uint4 *>(a.ca + (uint64_t)m * K + k0 + k);
-            }
-        }
-        __syncthreads();
-        if (!active)
-            continue;
-        for (; kk < kt; kk += SLICES * STEP) {
-            if (!AHEAD)
+    /* With x quantized in the block, a block takes block-rows vb,
+     * vb + gridDim.x, ... of all jobs (i8_launch makes the grid one wave):
+     * x is quantized once per block, not once per block-row. */
+    for (unsigned vb = blockIdx.x; vb < jobs.first[MM_I8_JOBS]; vb += gridDim.x) {
+        const bool first = vb == blockIdx.x;
+        const int job = vb < jobs.first[1] ? 0 : vb < jobs.first[2] ? 1 : 2;
+        const mm_weight &w = jobs.w[job];
+        const mm_epi &e = jobs.e[job];
+        float *__restrict__ y = jobs.y[job];
+        const uint64_t N = w.N, K = w.K;
+        const uint64_t row0 = ((uint64_t)(vb - jobs.first[job]) * G + grp) * I8_ROWS;
+        const bool active = row0 < N; /* idle warps still help stage x */
+        const int8_t *cb = (const int8_t *)w.data;
+        int acc[I8_ROWS][M];
+        for (int r = 0; r < I8_ROWS; r++)
+            for (int m = 0; m < M; m++)
+                acc[r][m] = 0;
+        for (uint64_t k0 = 0; k0 < K; k0 += KT) {
+            const int kt = (int)min((uint64_t)KT, K - k0);
+            int kk = lane * 16 + slice * STEP;
+            uint4 cur[I8_ROWS];
+            if (AHEAD && active && kk < kt) /* the weights do not wait for x */
                 i8_load(cb, N, K, row0, k0 + kk, cur);
-            uint4 nxt[I8_ROWS];
-            const bool more = AHEAD && kk + SLICES * STEP < kt;
-            if (more) /* keep the next vectors in flight while these are used */
-                i8_load(cb, N, K, row0, k0 + kk + SLICES * STEP, nxt);
-            if constexpr (FUSED) { /* keep this vector's outlier bytes (K <= KT: k0 = 0) */
-                const unsigned word = fq.fbits[kk >> 5], sh = kk & 16;
-                for (unsigned bits = (word >> sh) & 0xffffu; bits; bits &= bits - 1) {
-                    const int b = __ffs(bits) - 1;
-                    const unsigned rank = fq.wpre[kk >> 5] + __popc(word & ((1u << (sh + b)) - 1u));
-                    if (rank < I8_OCAP)
-#pragma unroll
-                        for (int r = 0; r < I8_ROWS; r++)
-                            fq.ocb[grp * I8_ROWS + r][rank] =
-                                (int8_t)(i8_word(cur[r], b >> 2) >> (8 * (b & 3)));
+            __syncthreads(); /* also: the block-row before is done with fq and part */
+            qk_wait_prior(); /* x, or its quantization, comes from the kernel before */
+            if constexpr (FUSED) {
+                if (first) /* the jobs share x and the threshold */
+                    i8_quantize_tile<M, GEO::THREADS, KT>(x, K, w.threshold, cs, fq); /* K <= KT */
+            } else {
+                const int q = kt / 16;
+                for (int i = threadIdx.x; i < M * q; i += GEO::THREADS) {
+                    int m = i / q, k = 16 * (i - m * q);
+                    *reinterpret_cast<uint4 *>(cs + m * KT + k) =
+                        *reinterpret_cast<const uint4 *>(a.ca + (uint64_t)m * K + k0 + k);
                 }
             }
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                uint4 c = *reinterpret_cast<const uint4 *>(cs + m * KT + kk);
-#pragma unroll
-                for (int r = 0; r < I8_ROWS; r++) {
-                    int s = acc[r][m];
-                    s = __dp4a((int)cur[r].x, (int)c.x, s);
-                    s = __dp4a((int)cur[r].y, (int)c.y, s);
-                    s = __dp4a((int)cur[r].z, (int)c.z, s);
-                    s = __dp4a((int)cur[r].w, (int)c.w, s);
-                    acc[r][m] = s;
+            __syncthreads();
+            if (!active)
+                continue;
+            for (; kk < kt; kk += SLICES * STEP) {
+                if (!AHEAD)
+                    i8_load(cb, N, K, row0, k0 + kk, cur);
+                uint4 nxt[I8_ROWS];
+                const bool more = AHEAD && kk + SLICES * STEP < kt;
+                if (more) /* keep the next vectors in flight while these are used */
+                    i8_load(cb, N, K, row0, k0 + kk + SLICES * STEP, nxt);
+                if constexpr (FUSED) { /* keep this vector's outlier bytes (K <= KT: k0 = 0) */
+                    const unsigned word = fq.fbits[kk >> 5], sh = kk & 16;
+                    for (unsigned bits = (word >> sh) & 0xffffu; bits; bits &= bits - 1) {
+                        const int b = __ffs(bits) - 1;
+                        const unsigned rank =
+                            fq.wpre[kk >> 5] + __popc(word & ((1u << (sh + b)) - 1u));
+                        if (rank < I8_OCAP)
+    #pragma unroll
+                            for (int r = 0; r < I8_ROWS; r++)
+                                fq.ocb[grp * I8_ROWS + r][rank] =
+                                    (int8_t)(i8_word(cur[r], b >> 2) >> (8 * (b & 3)));
+                    }
                 }
-            }
-            if (more) {
-#pragma unroll
-                for (int r = 0; r < I8_ROWS; r++)
-                    cur[r] = nxt[r];
+    #pragma unroll
+                for (int m = 0; m < M; m++) {
+                    uint4 c = *reinterpret_cast<const uint4 *>(cs + m * KT + kk);
+    #pragma unroll
+                    for (int r = 0; r < I8_ROWS; r++) {
+                        int s = acc[r][m];
+                        s = __dp4a((int)cur[r].x, (int)c.x, s);
+                        s = __dp4a((int)cur[r].y, (int)c.y, s);
+                        s = __dp4a((int)cur[r].z, (int)c.z, s);
+                        s = __dp4a((int)cur[r].w, (int)c.w, s);
+                        acc[r][m] = s;
+                    }
+                }
+                if (more) {
+    #pragma unroll
+                    for (int r = 0; r < I8_ROWS; r++)
+                        cur[r] = nxt[r];
+                }
             }
         }
-    }
-    /* Lane r*M + m assembles output (row0 + r, m) in slice 0, after adding
-     * the other slices' sums: one copy of the assembly code rather than one
-     * per unrolled (r, m). */
-    const int mine = mm_slices_sum<SLICES>(acc, lane, grp, slice, part);
-    if constexpr (FUSED)
-        __syncthreads(); /* every slice's outlier bytes are in fq.ocb */
-    const int r = lane / M, m = lane % M;
-    if (slice == 0 && active && r < I8_ROWS && row0 + r < N) {
+        /* Lane r*M + m assembles output (row0 + r, m) in slice 0, after adding
+         * the other slices' sums: one copy of the assembly code rather than one
+         * per unrolled (r, m). */
+        const int mine = mm_slices_sum<SLICES>(acc, lane, grp, slice, part);
         if constexpr (FUSED)
-            y[(uint64_t)m * N + row0 + r] =
-                i8_output_fused(w, mine, m, row0 + r, grp * I8_ROWS + r, x, fq, T, e);
-        else
-            y[(uint64_t)m * N + row0 + r] = i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
+            __syncthreads(); /* every slice's outlier bytes are in fq.ocb */
+        const int r = lane / M, m = lane % M;
+        if (slice == 0 && active && r < I8_ROWS && row0 + r < N) {
+            if constexpr (FUSED)
+                y[(uint64_t)m * N + row0 + r] =
+                    i8_output_fused(w, mine, m, row0 + r, grp * I8_ROWS + r, x, fq, T, e);
+            else
+                y[(uint64_t)m * N + row0 + r] =
+                    i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
+        }
     }
 }
 
@@ -893,7 +901,7 @@ namespace {
  * x): the blocks start and load their first weight vectors while it
  * finishes. */
 cudaError_t i8_launch(int v, const mm_weight *ws, const mm_epi *es, float *const *ys, int count,
-                      bool fused, const float *x, const mm_i8acts &a, int T, int m,
+                      bool fused, const float *x, const mm_i8acts &a, int T, int m, int slots,
                       cudaStream_t s)
 {
     i8_jobs jobs;
@@ -907,8 +915,10 @@ cudaError_t i8_launch(int v, const mm_weight *ws, const mm_epi *es, float *const
     }
     void (*k)(i8_jobs, const float *, mm_i8acts, int) =
         (void (*)(i8_jobs, const float *, mm_i8acts, int))i8_kernel_for(m, v, fused);
-    return qk_launch_pdl(k, jobs.first[MM_I8_JOBS], i8_threads(m, v), i8_smem_bytes(m), s, jobs, x,
-                         a, T);
+    /* fused: at most one wave of blocks, each taking several block-rows */
+    const unsigned total = jobs.first[MM_I8_JOBS];
+    const unsigned grid = fused && slots > 0 && (unsigned)slots < total ? (unsigned)slots : total;
+    return qk_launch_pdl(k, grid, i8_threads(m, v), i8_smem_bytes(m), s, jobs, x, a, T);
 }
 
 /* Whether the 16-byte GEMV takes w (else gemv_i8_any). */
@@ -960,14 +970,16 @@ bool mm_i8_gemv(const mm_weight *ws, const mm_epi *es, float *const *ys, int cou
     }
     if (one) {
         const int v = i8_pick(slots[m - 1], m, rows, ws[0].K);
-        return qk_ok(i8_launch(v, ws, es, ys, count, mm_i8_fused(ws[0], x, m), x, a, T, m, s),
+        return qk_ok(i8_launch(v, ws, es, ys, count, mm_i8_fused(ws[0], x, m), x, a, T, m,
+                               slots[m - 1][v], s),
                      "matmul: gemv_i8_fast", err);
     }
     for (int j = 0; j < count; j++) {
         const mm_weight &w = ws[j];
         if (i8_fast(w, x, m, a)) {
             const int v = i8_pick(slots[m - 1], m, w.N, w.K);
-            if (!qk_ok(i8_launch(v, &w, &es[j], &ys[j], 1, mm_i8_fused(w, x, m), x, a, T, m, s),
+            if (!qk_ok(i8_launch(v, &w, &es[j], &ys[j], 1, mm_i8_fused(w, x, m), x, a, T, m,
+                                 slots[m - 1][v], s),
                        "matmul: gemv_i8_fast", err))
                 return false;
         } else {

@@ -485,8 +485,8 @@ END_TEST
 
 /* int8 with more outlier columns than the decode GEMV keeps in its list
  * (256: it walks its bit set instead) and with fewer, spread over every
- * bit word; and K past the m = 4 GEMV's one activation tile (8192), where a
- * separate kernel quantizes x. */
+ * bit word; K past the m = 4 GEMV's one activation tile (8192), where a
+ * separate kernel quantizes x; and more rows than one wave of blocks. */
 START_TEST(int8_many_outliers_bitwise)
 {
     static const struct {
@@ -495,14 +495,26 @@ START_TEST(int8_many_outliers_bitwise)
     } cases[] = {
         {33, 4160, 300, 1}, {33, 4160, 300, 4}, {70, 4160, 255, 1}, {70, 4160, 257, 3},
         {17, 8256, 40, 4},  {17, 8256, 40, 1},  {29, 4160, 700, 9},
+        /* more block-rows than one wave of blocks (an H100 holds 528 of
+         * the m = 1 kernel's, 16 rows each): blocks take several */
+        {12000, 4096, 40, 1}, {9000, 4160, 300, 3},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tweight t;
         tw_build(&t, &K_I8T6, cases[i].N, cases[i].K, 64);
+        /* a workspace for this shape (quick mode's fixture sizes it for
+         * 1024 x 1024) */
+        qk_blas *fixture = blas;
+        qerr err = {0};
+        const size_t ws = qk_matmul_workspace_size(cases[i].m, cases[i].N, cases[i].K, QDT_F32);
+        blas = qk_blas_create(stream, ws, &err);
+        ck_assert_msg(blas != NULL, "qk_blas_create(%zu): %s", ws, err.msg);
         many_outliers = cases[i].outliers;
         for (int ti = 0; ti < 3; ti++)
             run_case(&t, computes[ti], cases[i].m, 3 * (int)i + ti);
         many_outliers = 0;
+        qk_blas_free(blas);
+        blas = fixture;
         tw_free(&t);
     }
 }

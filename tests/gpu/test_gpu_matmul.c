@@ -470,6 +470,21 @@ START_TEST(fourbit_matches_cpu)
 }
 END_TEST
 
+/* run_case for each compute dtype (variants variant0 ..) with a workspace
+ * of t's own size: quick mode's fixture sizes it for 1024 x 1024. */
+static void run_own_workspace(const tweight *t, int m, int variant0)
+{
+    qk_blas *fixture = blas;
+    qerr err = {0};
+    const size_t ws = qk_matmul_workspace_size(m, t->h.rows, t->h.cols, QDT_F32);
+    blas = qk_blas_create(stream, ws, &err);
+    ck_assert_msg(blas != NULL, "qk_blas_create(%zu): %s", ws, err.msg);
+    for (int ti = 0; ti < 3; ti++)
+        run_case(t, computes[ti], m, variant0 + ti);
+    qk_blas_free(blas);
+    blas = fixture;
+}
+
 START_TEST(int8_matches_cpu_bitwise)
 {
     run_kind(&K_I8T6);
@@ -502,21 +517,33 @@ START_TEST(int8_many_outliers_bitwise)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tweight t;
         tw_build(&t, &K_I8T6, cases[i].N, cases[i].K, 64);
-        /* a workspace for this shape (quick mode's fixture sizes it for
-         * 1024 x 1024) */
-        qk_blas *fixture = blas;
-        qerr err = {0};
-        const size_t ws = qk_matmul_workspace_size(cases[i].m, cases[i].N, cases[i].K, QDT_F32);
-        blas = qk_blas_create(stream, ws, &err);
-        ck_assert_msg(blas != NULL, "qk_blas_create(%zu): %s", ws, err.msg);
         many_outliers = cases[i].outliers;
-        for (int ti = 0; ti < 3; ti++)
-            run_case(&t, computes[ti], cases[i].m, 3 * (int)i + ti);
+        run_own_workspace(&t, cases[i].m, 3 * (int)i);
         many_outliers = 0;
-        qk_blas_free(blas);
-        blas = fixture;
         tw_free(&t);
     }
+}
+END_TEST
+
+/* Decode GEMVs of more blocks than one wave (on an H100 396 of the m = 1
+ * 4-bit kernel's, 16 rows each): later waves' blocks start as earlier ones
+ * finish, after the kernel before has long completed. */
+START_TEST(gemv_many_rows_match_cpu)
+{
+    static const struct {
+        const wkind *kind;
+        uint64_t N;
+        int m;
+    } cases[] = {
+        {&K_NF4, 12000, 1}, {&K_NF4DQ, 9000, 1}, {&K_FP4, 9000, 2}, {&K_F16, 12000, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tweight t;
+        tw_build(&t, cases[i].kind, cases[i].N, 4096, 64);
+        run_own_workspace(&t, cases[i].m, 3 * (int)i);
+        tw_free(&t);
+    }
+    print_worst("many rows");
 }
 END_TEST
 
@@ -836,6 +863,7 @@ int main(void)
     tcase_add_test(tc, fourbit_matches_cpu);
     tcase_add_test(tc, int8_matches_cpu_bitwise);
     tcase_add_test(tc, int8_many_outliers_bitwise);
+    tcase_add_test(tc, gemv_many_rows_match_cpu);
     tcase_add_test(tc, plain_matches_cpu);
     tcase_add_test(tc, large_shape_matches_cpu);
     tcase_add_test(tc, graph_replay_matches_cpu);

@@ -374,6 +374,23 @@ template <int M> struct i8_qv {
     static constexpr int V = M == 1 ? 4 : M == 2 ? 2 : 1;
 };
 
+/* The V float4s of each of x's M rows that this thread takes in the batch
+ * at float4 `base` of a row (nv float4s): r[v][i] = row i's float4
+ * base + v * THREADS + threadIdx.x, zero past the row. All loads are issued
+ * before any is used. */
+template <int M, int V, int THREADS>
+__device__ __forceinline__ void i8_load_batch(const float4 *__restrict__ x4, int nv, int base,
+                                              float4 (&r)[V][M])
+{
+#pragma unroll
+    for (int v = 0; v < V; v++) {
+        const int g = base + v * THREADS + (int)threadIdx.x;
+#pragma unroll
+        for (int i = 0; i < M; i++)
+            r[v][i] = g < nv ? __ldg(x4 + (uint64_t)i * nv + g) : make_float4(0, 0, 0, 0);
+    }
+}
+
 /* cs[i * KT + k] = the int8 activations of x[i, k] for k < K (K <= KT,
  * K % 16 == 0, x 16-byte aligned), and the block's outlier columns and
  * row maxima in f. Every thread of the block calls it (barriers inside). */
@@ -396,13 +413,7 @@ __device__ void i8_quantize_tile(const float *__restrict__ x, uint64_t K, float 
      * the bit word G0 / 8 + q. */
     for (int base = 0; base < nv; base += V * THREADS) {
         float4 r[V][M];
-#pragma unroll
-        for (int v = 0; v < V; v++) {
-            const int g = base + v * THREADS + t;
-#pragma unroll
-            for (int i = 0; i < M; i++)
-                r[v][i] = g < nv ? __ldg(x4 + (uint64_t)i * nv + g) : make_float4(0, 0, 0, 0);
-        }
+        i8_load_batch<M, V, THREADS>(x4, nv, base, r);
 #pragma unroll
         for (int v = 0; v < V; v++) {
             unsigned nib = 0;
@@ -474,13 +485,7 @@ __device__ void i8_quantize_tile(const float *__restrict__ x, uint64_t K, float 
     /* Pass 2: x again (from L1 now), quantized four columns to a store. */
     for (int base = 0; base < nv; base += V * THREADS) {
         float4 r[V][M];
-#pragma unroll
-        for (int v = 0; v < V; v++) {
-            const int g = base + v * THREADS + t;
-#pragma unroll
-            for (int i = 0; i < M; i++)
-                r[v][i] = g < nv ? __ldg(x4 + (uint64_t)i * nv + g) : make_float4(0, 0, 0, 0);
-        }
+        i8_load_batch<M, V, THREADS>(x4, nv, base, r);
 #pragma unroll
         for (int v = 0; v < V; v++) {
             const int g = base + v * THREADS + t;

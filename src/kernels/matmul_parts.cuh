@@ -175,8 +175,8 @@ bool mm_bias_round(float *y, int m, uint64_t N, const mm_epi &e, cudaStream_t s,
 bool mm_i8_quantize(const mm_weight &w, const float *x, int m, const mm_i8acts &a,
                     cudaStream_t s, qerr *err);
 /* Whether mm_i8_gemv quantizes x itself for this weight, x and m (m <= 4,
- * K within one activation tile, 16-byte aligned rows): then no mm_i8_quantize is needed before
- * it, and `a` is not read. */
+ * K within one activation tile and at most 12288, 16-byte aligned rows):
+ * then no mm_i8_quantize is needed before it, and `a` is not read. */
 bool mm_i8_fused(const mm_weight &w, const float *x, int m);
 /* The int8 GEMV's kernel shapes (MM_I8_SHAPES of them for m <= 4; m > 4
  * has shape 0 only): slots[m - 1][v] = how many blocks of shape

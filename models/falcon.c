@@ -355,6 +355,12 @@ fail:
         if (!B->matmul(be, (l), (x), n, (y), err))                                                 \
             return err ? err->code : QRUN_ERR_INTERNAL;                                            \
     } while (0)
+/* y = matmul(l, x), then the qbk_post's element-wise ops */
+#define FALCON_MM_POST(l, x, post, y)                                                              \
+    do {                                                                                           \
+        if (!qbk_matmul_post(B, be, (l), (x), n, (post), (y), err))                                \
+            return err ? err->code : QRUN_ERR_INTERNAL;                                            \
+    } while (0)
 
 static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *err)
 {
@@ -385,7 +391,8 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
              * GEMV launch; ff_a is not touched until the MLP below */
             const qbk_linear *w2[2] = {&L->qkv, &L->h_to_4h};
             qbk_buf *y2[2] = {r->qkv, r->ff_a};
-            if (!qbk_matmul_multi(B, be, w2, 2, r->xn, n, y2, err))
+            const qbk_post p2[2] = {{0}, {.gelu = true}};
+            if (!qbk_matmul_multi(B, be, w2, 2, r->xn, n, p2, y2, err))
                 return err ? err->code : QRUN_ERR_INTERNAL;
         } else {
             FALCON_MM(&L->qkv, r->xn, r->qkv);
@@ -401,17 +408,14 @@ static qrun_status falcon_forward(const void *model, const qmodel_run *r, qerr *
         if (m->wiring == FALCON_SEQUENTIAL) {
             /* h = x + attn; y = h + mlp(post_attention_layernorm(h)) */
             qbk_add_norm(B, be, &L->ln_m, r->x, r->tmp, n, r->xn);
-            FALCON_MM(&L->h_to_4h, r->xn, r->ff_a);
-            B->gelu(be, r->ff_a, n);
+            FALCON_MM_POST(&L->h_to_4h, r->xn, ((qbk_post){.gelu = true}), r->ff_a);
             FALCON_MM(&L->h4_to_h, r->ff_a, r->tmp);
             pending = r->tmp;
         } else {
             /* transformers: mlp_output += attention_output; out = mlp_output + residual */
-            if (m->wiring == FALCON_PARALLEL_TWO)
-                FALCON_MM(&L->h_to_4h, r->xn2, r->ff_a);
-            B->gelu(be, r->ff_a, n);
-            FALCON_MM(&L->h4_to_h, r->ff_a, r->xn);
-            B->add(be, r->xn, r->tmp, n, r->xn);
+            if (m->wiring == FALCON_PARALLEL_TWO) /* (single: gelu'd with q/k/v above) */
+                FALCON_MM_POST(&L->h_to_4h, r->xn2, ((qbk_post){.gelu = true}), r->ff_a);
+            FALCON_MM_POST(&L->h4_to_h, r->ff_a, ((qbk_post){.add = r->tmp}), r->xn);
             pending = r->xn;
         }
     }

@@ -241,7 +241,7 @@ static qrun_status llama_forward(const void *model, const qmodel_run *r, qerr *e
             B->norm(be, &L->ln1, r->x, n, r->xn);
         const qbk_linear *qkv_w[3] = {&L->q, &L->k, &L->v};
         qbk_buf *qkv_y[3] = {r->q, r->k, r->v};
-        if (!qbk_matmul_multi(B, be, qkv_w, 3, r->xn, n, qkv_y, err))
+        if (!qbk_matmul_multi(B, be, qkv_w, 3, r->xn, n, NULL, qkv_y, err))
             return err ? err->code : QRUN_ERR_INTERNAL;
         qbk_rope_store(B, be, &m->rope, r->seq_len, r->q, r->k, r->v, n, Hq, Hkv, r->p0, r->kv,
                        kl);
@@ -252,7 +252,7 @@ static qrun_status llama_forward(const void *model, const qmodel_run *r, qerr *e
         qbk_add_norm(B, be, &L->ln2, r->x, r->tmp, n, r->xn);
         const qbk_linear *gu_w[2] = {&L->gate, &L->up};
         qbk_buf *gu_y[2] = {r->ff_a, r->ff_b};
-        if (!qbk_matmul_multi(B, be, gu_w, 2, r->xn, n, gu_y, err))
+        if (!qbk_matmul_multi(B, be, gu_w, 2, r->xn, n, NULL, gu_y, err))
             return err ? err->code : QRUN_ERR_INTERNAL;
         B->swiglu(be, r->ff_a, r->ff_b, n, r->ff_a);
         if (!B->matmul(be, &L->down, r->ff_a, n, r->tmp, err))

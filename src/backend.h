@@ -48,6 +48,15 @@ typedef struct qbk_linear {
     qdtype bias_dt;
 } qbk_linear;
 
+/* Element-wise ops that follow a product (qbk_matmul_multi, qbk_matmul_post):
+ * y = gelu(y) if gelu, then y = y + add if add (y's width; not y itself,
+ * nor the product's input). A backend may fold them into the product's
+ * epilogue; the result is that of the ops run after it. */
+typedef struct qbk_post {
+    bool gelu;
+    const qbk_buf *add;
+} qbk_post;
+
 typedef enum qbk_norm_kind { QBK_RMSNORM = 0, QBK_LAYERNORM = 1 } qbk_norm_kind;
 /* A norm's parameters: weight and (LayerNorm) bias of dtype dt, [dim]. */
 typedef struct qbk_norm {
@@ -187,10 +196,11 @@ typedef struct qbackend_ops {
     void (*rope_store)(qbackend *be, const qrope *r, int64_t seq_len, qbk_buf *q, qbk_buf *k,
                        const qbk_buf *v, int n, int n_heads, int n_kv_heads, int p0, qbk_kv *kv,
                        int layer);
-    /* ys[i] = matmul(ls[i], x) for i < count (<= QBK_MATMUL_MAX_MULTI): the
-     * products of one input, such as q/k/v or gate/up. */
+    /* ys[i] = matmul(ls[i], x), then posts[i] (posts may be NULL), for
+     * i < count (<= QBK_MATMUL_MAX_MULTI): the products of one input, such
+     * as q/k/v or gate/up. */
     bool (*matmul_multi)(qbackend *be, const qbk_linear *const *ls, int count, const qbk_buf *x,
-                         int n, qbk_buf *const *ys, qerr *err);
+                         int n, const qbk_post *posts, qbk_buf *const *ys, qerr *err);
 } qbackend_ops;
 
 #define QBK_MATMUL_MAX_MULTI 3
@@ -222,14 +232,26 @@ static inline void qbk_rope_store(const qbackend_ops *B, qbackend *be, const qro
 
 static inline bool qbk_matmul_multi(const qbackend_ops *B, qbackend *be,
                                     const qbk_linear *const *ls, int count, const qbk_buf *x,
-                                    int n, qbk_buf *const *ys, qerr *err)
+                                    int n, const qbk_post *posts, qbk_buf *const *ys, qerr *err)
 {
     if (B->matmul_multi)
-        return B->matmul_multi(be, ls, count, x, n, ys, err);
-    for (int i = 0; i < count; i++)
+        return B->matmul_multi(be, ls, count, x, n, posts, ys, err);
+    for (int i = 0; i < count; i++) {
         if (!B->matmul(be, ls[i], x, n, ys[i], err))
             return false;
+        if (posts && posts[i].gelu)
+            B->gelu(be, ys[i], n);
+        if (posts && posts[i].add)
+            B->add(be, ys[i], posts[i].add, n, ys[i]);
+    }
     return true;
+}
+
+/* y = matmul(l, x), then post. */
+static inline bool qbk_matmul_post(const qbackend_ops *B, qbackend *be, const qbk_linear *l,
+                                   const qbk_buf *x, int n, qbk_post post, qbk_buf *y, qerr *err)
+{
+    return qbk_matmul_multi(B, be, &l, 1, x, n, &post, &y, err);
 }
 
 extern const qbackend_ops qbackend_cpu;

@@ -552,7 +552,8 @@ static bool cuda_matmul(qbackend *be, const qbk_linear *l, const qbk_buf *x, int
 }
 
 static bool cuda_matmul_multi(qbackend *be, const qbk_linear *const *ls, int count,
-                              const qbk_buf *x, int n, qbk_buf *const *ys, qerr *err)
+                              const qbk_buf *x, int n, const qbk_post *posts, qbk_buf *const *ys,
+                              qerr *err)
 {
     if (!take_sticky(be, err))
         return false;
@@ -563,15 +564,18 @@ static bool cuda_matmul_multi(qbackend *be, const qbk_linear *const *ls, int cou
     const void *bias[QBK_MATMUL_MAX_MULTI];
     qdtype bias_dt[QBK_MATMUL_MAX_MULTI];
     float *y[QBK_MATMUL_MAX_MULTI];
+    qk_mm_post post[QBK_MATMUL_MAX_MULTI];
     for (int i = 0; i < count; i++) {
         if (!dev_linear(be, ls[i], &w[i], &bias[i], err))
             return false;
         wp[i] = &w[i];
         bias_dt[i] = ls[i]->bias_dt;
         y[i] = ys[i]->d;
+        post[i].gelu = posts && posts[i].gelu;
+        post[i].add = posts && posts[i].add ? posts[i].add->d : NULL;
     }
-    return qk_matmul_multi(be->blas, wp, count, x->d, n, be->compute, bias_dt, bias, be->act, y,
-                           err);
+    return qk_matmul_multi(be->blas, wp, count, x->d, n, be->compute, bias_dt, bias, be->act, post,
+                           y, err);
 }
 
 /* y = norm(x), after x = x + t when t is given (the kernels write x back

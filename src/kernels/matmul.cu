@@ -360,7 +360,7 @@ bool float_prefill(qk_blas *b, const qweight *w, const mm_weight &mw, const floa
     } else if (!tiled_gemm(b, mw, xT, m, T, y, err)) {
         return false;
     }
-    if (e.bias || e.round_to != QDT_F32)
+    if (e.bias || e.round_to != QDT_F32 || e.gelu || e.add)
         return mm_bias_round(y, m, N, e, b->stream, err);
     return true;
 }
@@ -498,31 +498,55 @@ void qk_blas_free(qk_blas *b)
     free(b);
 }
 
-bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compute,
-               qdtype bias_dt, const void *bias, qdtype round_to, float *y, qerr *err)
+namespace {
+
+mm_epi epi_of(qdtype bias_dt, const void *bias, qdtype round_to, const qk_mm_post *post)
 {
-    if (!check_args(b, w, x, m, compute, bias_dt, bias, round_to, y, err))
-        return false;
-    mm_plan p;
-    if (!plan_for((uint64_t)m, w->rows, w->cols, compute, &p) || p.total > b->ws_bytes) {
-        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
-                 "matmul: %d x %llu x %llu needs more workspace than the %zu bytes given", m,
-                 (unsigned long long)w->rows, (unsigned long long)w->cols, b->ws_bytes);
-        return false;
-    }
-    b->front_hi = umax(b->front_hi, p.chunk);
-    const mm_weight mw = make_weight(w);
     mm_epi e;
     e.bias_dt = bias_dt;
     e.bias = bias;
     e.round_to = round_to;
+    e.gelu = post && post->gelu;
+    e.add = post ? post->add : NULL;
+    return e;
+}
+
+/* The workspace plan of an m-row product of w's shape (errors when the
+ * workspace is too small), noting how far the front part reaches. */
+bool plan_checked(qk_blas *b, int m, uint64_t N, uint64_t K, qdtype compute, mm_plan *p,
+                  qerr *err)
+{
+    if (!plan_for((uint64_t)m, N, K, compute, p) || p->total > b->ws_bytes) {
+        qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                 "matmul: %d x %llu x %llu needs more workspace than the %zu bytes given", m,
+                 (unsigned long long)N, (unsigned long long)K, b->ws_bytes);
+        return false;
+    }
+    b->front_hi = umax(b->front_hi, p->chunk);
+    return true;
+}
+
+mm_i8acts acts_of(const qk_blas *b, const mm_plan &p)
+{
+    mm_i8acts a;
+    a.ca = (int8_t *)(b->ws + p.act);
+    a.sca = (float *)(b->ws + p.sca);
+    a.flags = (unsigned *)(b->ws + p.flags);
+    a.ocols = (unsigned *)(b->ws + p.ocols);
+    a.nout = (unsigned *)(b->ws + p.nout);
+    return a;
+}
+
+/* qk_matmul with its epilogue in e (arguments checked). */
+bool matmul_one(qk_blas *b, const qweight *w, const float *x, int m, qdtype compute,
+                const mm_epi &e, float *y, qerr *err)
+{
+    mm_plan p;
+    if (!plan_checked(b, m, w->rows, w->cols, compute, &p, err))
+        return false;
+    const mm_weight mw = make_weight(w);
     if (w->dtype == QDT_I8) {
-        mm_i8acts a;
-        a.ca = (int8_t *)(b->ws + p.act);
-        a.sca = (float *)(b->ws + p.sca);
-        a.flags = (unsigned *)(b->ws + p.flags);
-        a.ocols = (unsigned *)(b->ws + p.ocols);
-        a.nout = (unsigned *)(b->ws + p.nout);
+        const mm_i8acts a = acts_of(b, p);
         const bool fused = m <= QK_GEMV_MAX_M && mm_i8_fused(mw, x, m);
         if (!fused && !mm_i8_quantize(mw, x, m, a, b->stream, err))
             return false;
@@ -535,9 +559,19 @@ bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compu
     return float_prefill(b, w, mw, x, m, compute, e, y, p, err);
 }
 
+} /* namespace */
+
+bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compute,
+               qdtype bias_dt, const void *bias, qdtype round_to, float *y, qerr *err)
+{
+    if (!check_args(b, w, x, m, compute, bias_dt, bias, round_to, y, err))
+        return false;
+    return matmul_one(b, w, x, m, compute, epi_of(bias_dt, bias, round_to, NULL), y, err);
+}
+
 bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const float *x, int m,
                      qdtype compute, const qdtype *bias_dts, const void *const *biases,
-                     qdtype round_to, float *const *ys, qerr *err)
+                     qdtype round_to, const qk_mm_post *posts, float *const *ys, qerr *err)
 {
     if (count < 1 || count > 3) {
         qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: %d products in one call", count);
@@ -551,9 +585,7 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
         if (!check_args(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))
             return false;
         mw[j] = make_weight(ws[j]);
-        e[j].bias_dt = bias_dts[j];
-        e[j].bias = biases[j];
-        e[j].round_to = round_to;
+        e[j] = epi_of(bias_dts[j], biases[j], round_to, posts ? &posts[j] : NULL);
     }
     if (gemv)
         return mm_gemv_multi(mw, e, ys, count, x, m, compute, b->stream, err);
@@ -565,17 +597,9 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
              mw[j].threshold == mw[0].threshold;
     if (i8) {
         mm_plan p;
-        if (!plan_for((uint64_t)m, mw[0].N, mw[0].K, compute, &p) || p.total > b->ws_bytes) {
-            qerr_set(err, QRUN_ERR_INVALID_ARGUMENT, "matmul: workspace too small");
+        if (!plan_checked(b, m, mw[0].N, mw[0].K, compute, &p, err))
             return false;
-        }
-        b->front_hi = umax(b->front_hi, p.chunk);
-        mm_i8acts a;
-        a.ca = (int8_t *)(b->ws + p.act);
-        a.sca = (float *)(b->ws + p.sca);
-        a.flags = (unsigned *)(b->ws + p.flags);
-        a.ocols = (unsigned *)(b->ws + p.ocols);
-        a.nout = (unsigned *)(b->ws + p.nout);
+        const mm_i8acts a = acts_of(b, p);
         bool all_fused = true; /* the GEMVs that do not quantize x themselves read `a` */
         for (int j = 0; j < count; j++)
             all_fused = all_fused && mm_i8_fused(mw[j], x, m);
@@ -584,7 +608,7 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
         return mm_i8_gemv(mw, e, ys, count, x, m, a, compute, b->i8_slots, b->stream, err);
     }
     for (int j = 0; j < count; j++)
-        if (!qk_matmul(b, ws[j], x, m, compute, bias_dts[j], biases[j], round_to, ys[j], err))
+        if (!matmul_one(b, ws[j], x, m, compute, e[j], ys[j], err))
             return false;
     return true;
 }

@@ -59,14 +59,24 @@ void qk_blas_set_i8_shape(qk_blas *b, int shape);
 bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compute,
                qdtype bias_dt, const void *bias, qdtype round_to, float *y, qerr *err);
 
-/* ys[i] = qk_matmul(ws[i], x) for i < count (<= 3) with one input x: one
- * GEMV launch when m <= QK_GEMV_MAX_M and every weight takes the same GEMV
- * kernel with the same storage and cols (q/k/v, gate/up), one shared
- * activation quantization for int8, else one qk_matmul each. Same results
- * as separate calls. */
+/* Element-wise ops folded into a product's epilogue: applied to each
+ * output after the bias and round_to, in round_to, with the functions the
+ * ops' own kernels use (kernels/ops.h), so the bits are those of the
+ * product followed by qk_gelu and then qk_add. Saves their launches and
+ * passes over y in decode. */
+typedef struct qk_mm_post {
+    bool gelu;        /* y = gelu(y) */
+    const float *add; /* NULL, or y = y + add: device f32 [m, rows], not overlapping x or y */
+} qk_mm_post;
+
+/* ys[i] = qk_matmul(ws[i], x), then posts[i] (posts NULL: none), for
+ * i < count (<= 3) with one input x: one GEMV launch when m <=
+ * QK_GEMV_MAX_M and every weight takes the same GEMV kernel with the same
+ * storage and cols (q/k/v, gate/up), one shared activation quantization
+ * for int8, else one qk_matmul each. Same results as separate calls. */
 bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const float *x, int m,
                      qdtype compute, const qdtype *bias_dts, const void *const *biases,
-                     qdtype round_to, float *const *ys, qerr *err);
+                     qdtype round_to, const qk_mm_post *posts, float *const *ys, qerr *err);
 
 #ifdef __cplusplus
 }

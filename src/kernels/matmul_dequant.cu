@@ -1,6 +1,7 @@
 /* Prefill helpers around cuBLAS (matmul.cu): weight tiles dequantized to
  * the compute dtype T into the workspace (the W_T values of src/cpu/matmul.h,
- * exactly), x converted to T, and the bias + round_to epilogue. */
+ * exactly), x converted to T, and the bias + round_to epilogue and the
+ * element-wise ops folded after it (mm_post). */
 #include "kernels/matmul_parts.cuh"
 
 namespace {
@@ -193,7 +194,7 @@ __global__ void bias_round(float *y, uint64_t count, uint64_t N, mm_epi e)
     float v = y[i];
     if (e.bias)
         v = __fadd_rn(v, mm_bias(e, i % N));
-    y[i] = qk_round(v, (qdtype)e.round_to);
+    y[i] = mm_post(e, qk_round(v, (qdtype)e.round_to), i);
 }
 
 } /* namespace */

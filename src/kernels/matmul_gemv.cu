@@ -270,9 +270,9 @@ __device__ __forceinline__ void gv_block(const mm_weight &w, const float *__rest
     const float mine = mm_slices_sum<G::KS>(acc, lane, grp, slice, part);
     const int r = lane / M, m = lane % M;
     if (slice == 0 && active && r < GV_ROWS && row0 + r < N) {
-        uint64_t row = row0 + r;
+        uint64_t row = row0 + r, at = (uint64_t)m * N + row;
         float v = e.bias ? __fadd_rn(mine, mm_bias(e, row)) : mine;
-        y[(uint64_t)m * N + row] = qk_round(v, (qdtype)e.round_to);
+        y[at] = mm_post(e, qk_round(v, (qdtype)e.round_to), at);
     }
 }
 
@@ -373,8 +373,9 @@ __global__ void __launch_bounds__(GA_THREADS)
         if (lane == i)
             mine = acc[i];
     if (lane < m) {
+        const uint64_t at = (uint64_t)lane * N + row;
         float v = e.bias ? __fadd_rn(mine, mm_bias(e, row)) : mine;
-        y[(uint64_t)lane * N + row] = qk_round(v, (qdtype)e.round_to);
+        y[at] = mm_post(e, qk_round(v, (qdtype)e.round_to), at);
     }
 }
 

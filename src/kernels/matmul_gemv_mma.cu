@@ -256,7 +256,8 @@ __device__ __forceinline__ void mq_block(const mm_weight &w, const float *__rest
         if (n < m && row < w.N) {
             const float s = acc[i >> 2][i & 3];
             const float val = e.bias ? __fadd_rn(s, mm_bias(e, row)) : s;
-            y[(size_t)n * w.N + row] = qk_round(val, (qdtype)e.round_to);
+            const uint64_t at = (uint64_t)n * w.N + row;
+            y[at] = mm_post(e, qk_round(val, (qdtype)e.round_to), at);
         }
     }
 }

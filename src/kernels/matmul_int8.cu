@@ -656,12 +656,12 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
             __syncthreads(); /* every slice's outlier bytes are in fq.ocb */
         const int r = lane / M, m = lane % M;
         if (slice == 0 && active && r < I8_ROWS && row0 + r < N) {
+            const uint64_t at = (uint64_t)m * N + row0 + r;
             if constexpr (FUSED)
-                y[(uint64_t)m * N + row0 + r] =
-                    i8_output_fused(w, mine, m, row0 + r, grp * I8_ROWS + r, x, fq, T, e);
+                y[at] = mm_post(
+                    e, i8_output_fused(w, mine, m, row0 + r, grp * I8_ROWS + r, x, fq, T, e), at);
             else
-                y[(uint64_t)m * N + row0 + r] =
-                    i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e);
+                y[at] = mm_post(e, i8_output(w, mine, m, row0 + r, x, a, *a.nout, T, e), at);
         }
     }
 }
@@ -697,8 +697,10 @@ __global__ void __launch_bounds__(I8_THREADS)
     for (int i = 0; i < QK_GEMV_MAX_M; i++)
         if (lane == i)
             mine = acc[i];
-    if (lane < m)
-        y[(uint64_t)lane * N + row] = i8_output(w, mine, lane, row, x, a, *a.nout, T, e);
+    if (lane < m) {
+        const uint64_t at = (uint64_t)lane * N + row;
+        y[at] = mm_post(e, i8_output(w, mine, lane, row, x, a, *a.nout, T, e), at);
+    }
 }
 
 /* ---- prefill ------------------------------------------------------------------ */
@@ -815,7 +817,8 @@ __global__ void __launch_bounds__(FT_THREADS)
             const uint64_t r = nb + (uint64_t)tx * FT_TN + k;
             if (mi < m && r < nc) {
                 const float yt = i8_base(w, acc[(uint64_t)mi * ldc + r], mi, n0 + r, a, T, e);
-                y[(uint64_t)mi * w.N + n0 + r] = i8_final(yt, s[i][k], nout, T, e);
+                const uint64_t at = (uint64_t)mi * w.N + n0 + r;
+                y[at] = mm_post(e, i8_final(yt, s[i][k], nout, T, e), at);
             }
         }
 }

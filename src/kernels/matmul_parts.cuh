@@ -16,6 +16,7 @@
 
 #include <math.h>
 
+#include "kernels/ew.cuh"
 #include "kernels/kcommon.cuh"
 #include "kernels/matmul.h"
 
@@ -50,6 +51,9 @@ struct mm_epi {
     int bias_dt;
     const void *bias;
     int round_to;
+    /* then the element-wise ops folded in (qk_mm_post), in round_to */
+    int gelu;
+    const float *add; /* [m, N] */
 };
 
 /* LLM.int8 activation state in the workspace (qmatmul_int8_quantize_acts). */
@@ -79,6 +83,17 @@ __device__ __forceinline__ float mm_block_absmax(const mm_weight &w, uint64_t b)
         return __ldg(w.absmax + b);
     float m = __ldg(w.dq_map + __ldg(w.qabsmax + b));
     return __fadd_rn(__fmul_rn(m, __ldg(w.absmax2 + (b >> 8))), w.absmax_offset);
+}
+
+/* Output idx = mi * N + n after the bias and round_to: the folded
+ * element-wise ops, each with the function its own kernel uses (ew.cuh). */
+__device__ __forceinline__ float mm_post(const mm_epi &e, float v, uint64_t idx)
+{
+    if (e.gelu)
+        v = qk_ew_gelu(v, (qdtype)e.round_to);
+    if (e.add)
+        v = qk_ew_add(v, e.add[idx], (qdtype)e.round_to);
+    return v;
 }
 
 /* Bias of output n as f32, 0 without one. */

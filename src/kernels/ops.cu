@@ -19,6 +19,7 @@
  * the CPU rounds separately. */
 #include <stdint.h>
 
+#include "kernels/ew.cuh"
 #include "kernels/kcommon.cuh"
 #include "kernels/ops.h"
 
@@ -120,17 +121,11 @@ enum ew_op { EW_SWIGLU, EW_GELU, EW_ADD };
 template <int OP>
 __device__ __forceinline__ float ew_apply(float a, float b, qdtype act)
 {
-    if (OP == EW_SWIGLU) {
-        /* torch's silu, a / (1 + exp(-a)), rounded to act, times up */
-        float sl = qk_round(__fdiv_rn(a, __fadd_rn(1.0f, expf(-a))), act);
-        return qk_round(__fmul_rn(sl, b), act);
-    }
-    if (OP == EW_GELU) {
-        /* exact GELU written with erfc as cpu_gelu: (0.5 x) erfc(-x / sqrt 2) */
-        const float rsqrt2 = (float)0.70710678118654752440;
-        return qk_round(__fmul_rn(__fmul_rn(0.5f, a), erfcf(__fmul_rn(-a, rsqrt2))), act);
-    }
-    return qk_round(__fadd_rn(a, b), act);
+    if (OP == EW_SWIGLU)
+        return qk_ew_swiglu(a, b, act);
+    if (OP == EW_GELU)
+        return qk_ew_gelu(a, act);
+    return qk_ew_add(a, b, act);
 }
 
 /* out[i] = f(a[i], b[i]) for i < n; the first n_vec * 4 as float4s. out may

@@ -37,7 +37,9 @@
  *    the assembly repeat the CPU's f32 operations one by one without FMA
  *    contraction, and outlier columns are summed in the same ascending
  *    order: the output must equal the CPU's bit for bit.
- * A captured CUDA graph replayed with new x must give the same answers, and
+ * Element-wise ops folded into the products (qk_mm_post's gelu and add)
+ * must give the bits of the products followed by the ops' own kernels. A captured CUDA graph replayed with new x must give the same
+ * answers, and
  * bad arguments (workspace too small, m = 0, bad dtypes) are refused.
  * QRUN_TEST_QUICK=1 (compute-sanitizer) keeps two small shapes, m 1 and 9,
  * and skips 4544 x 4544. */
@@ -51,6 +53,7 @@
 #include "cuda/device.h"
 #include "dtype.h"
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
 #include "quant.h"
 #include "testutil.h"
 
@@ -642,7 +645,7 @@ START_TEST(multi_equals_separate)
             ck_assert_msg(qk_matmul(blas, ws[j], dx, m, T, bias_dts[j], biases[j], T, yref[j],
                                     &err),
                           "qk_matmul: %s", err.msg);
-        ck_assert_msg(qk_matmul_multi(blas, ws, 3, dx, m, T, bias_dts, biases, T, ys, &err),
+        ck_assert_msg(qk_matmul_multi(blas, ws, 3, dx, m, T, bias_dts, biases, T, NULL, ys, &err),
                       "qk_matmul_multi: %s", err.msg);
         CUDA_OK(cudaStreamSynchronize(stream));
         for (int j = 0; j < 3; j++) {
@@ -661,6 +664,129 @@ START_TEST(multi_equals_separate)
             tw_free(&t[j]);
         }
         cudaFree(dx);
+        free(x);
+    }
+}
+END_TEST
+
+/* ---- element-wise ops folded into products ------------------------------- */
+
+static float *dev_copy(const float *h, size_t n)
+{
+    float *d = NULL;
+    CUDA_OK(cudaMalloc((void **)&d, n * 4));
+    CUDA_OK(cudaMemcpy(d, h, n * 4, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static float *dev_poisoned(size_t n)
+{
+    float *d = NULL;
+    CUDA_OK(cudaMalloc((void **)&d, n * 4));
+    CUDA_OK(cudaMemset(d, 0xff, n * 4)); /* NaN */
+    return d;
+}
+
+static void expect_same_bits(const float *da, const float *db, size_t n, const char *what,
+                             size_t ci)
+{
+    CUDA_OK(cudaStreamSynchronize(stream));
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    ck_assert(a && b);
+    CUDA_OK(cudaMemcpy(a, da, n * 4, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(b, db, n * 4, cudaMemcpyDeviceToHost));
+    size_t bad = 0;
+    while (bad < n && memcmp(a + bad, b + bad, 4) == 0)
+        bad++;
+    ck_assert_msg(bad == n, "case %zu: %s: element %zu is %.9g, separate ops give %.9g", ci,
+                  what, bad, bad < n ? b[bad] : 0.0f, bad < n ? a[bad] : 0.0f);
+    free(a);
+    free(b);
+}
+
+/* qk_matmul_multi with posts gives the bits of each product followed by
+ * qk_gelu and then qk_add, on every path that writes outputs: the 4-bit
+ * CUDA-core and tensor-core GEMVs, f16 weights, the int8 GEMV with the
+ * quantizer fused in (m <= 4) and after it (m 5), the byte-wise GEMVs
+ * (cols 131), and prefill (m 13: cuBLAS + bias_round, also where f32
+ * needs no rounding or bias, the int32 GEMM + i8_finish). Two products of
+ * one x as falcon's q/k/v + h_to_4h: the first without ops, the second
+ * with gelu, a bias in some cases and add in every other case; then one
+ * product with add alone (falcon's MLP output plus its attention output). */
+START_TEST(post_ops_fold_bitwise)
+{
+    static const struct {
+        const wkind *k;
+        qdtype T;
+        int m, odd_cols, bias;
+    } cases[] = {
+        {&K_NF4, QDT_F16, 1, 0, 1},    {&K_NF4, QDT_F16, 4, 0, 1},  {&K_NF4DQ, QDT_BF16, 13, 0, 1},
+        {&K_F16, QDT_F16, 2, 0, 0},    {&K_I8T6, QDT_F16, 1, 0, 1}, {&K_I8T6, QDT_F16, 5, 0, 0},
+        {&K_I8T6, QDT_BF16, 13, 0, 1}, {&K_I8T6, QDT_F16, 1, 1, 1}, {&K_NF4, QDT_F32, 2, 1, 0},
+        {&K_I8T0, QDT_F32, 3, 0, 1},
+        /* f32 prefill without a bias: cuBLAS' output needs no epilogue but the ops */
+        {&K_F32, QDT_F32, 13, 0, 0},   {&K_NF4, QDT_F32, 13, 0, 0},
+    };
+    const uint64_t Ns[2] = {67, 200};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const int m = cases[ci].m;
+        const qdtype T = cases[ci].T;
+        const uint64_t K = cases[ci].odd_cols ? 131 : quick ? 960 : 4160;
+        const bool with_add = ci % 2 == 0;
+        tweight t[2];
+        const qweight *ws[2];
+        float *ref[2], *got[2];
+        for (int j = 0; j < 2; j++) {
+            tw_build(&t[j], cases[ci].k, Ns[j], K, 64);
+            ws[j] = &t[j].d;
+            ref[j] = dev_poisoned((size_t)m * Ns[j]);
+            got[j] = dev_poisoned((size_t)m * Ns[j]);
+        }
+        const size_t n1 = (size_t)m * Ns[1];
+        void *hb = make_bias(QDT_F16, Ns[1]);
+        void *db = NULL;
+        CUDA_OK(cudaMalloc(&db, Ns[1] * 2));
+        CUDA_OK(cudaMemcpy(db, hb, Ns[1] * 2, cudaMemcpyHostToDevice));
+        free(hb);
+        float *hadd = malloc(n1 * 4);
+        ck_assert_ptr_nonnull(hadd);
+        for (size_t i = 0; i < n1; i++)
+            hadd[i] = tu_normal(&rng) * 4.0f;
+        qmatmul_round(T, hadd, n1); /* a residual stream of act values */
+        float *dadd = dev_copy(hadd, n1), *one = dev_poisoned(n1);
+        float *x = make_x(&t[0], T, m, (int)ci), *dx = dev_copy(x, (size_t)m * K);
+        const qdtype bias_dts[2] = {QDT_F32, QDT_F16};
+        const void *biases[2] = {NULL, cases[ci].bias ? db : NULL};
+        qerr err = {0};
+        for (int j = 0; j < 2; j++)
+            ck_assert_msg(
+                qk_matmul(blas, ws[j], dx, m, T, bias_dts[j], biases[j], T, ref[j], &err),
+                "qk_matmul: %s", err.msg);
+        ck_assert(qk_gelu(ref[1], ref[1], n1, T, stream, &err));
+        if (with_add)
+            ck_assert(qk_add(ref[1], ref[1], dadd, n1, T, stream, &err));
+        const qk_mm_post posts[2] = {{false, NULL}, {true, with_add ? dadd : NULL}};
+        ck_assert_msg(qk_matmul_multi(blas, ws, 2, dx, m, T, bias_dts, biases, T, posts, got, &err),
+                      "qk_matmul_multi: %s", err.msg);
+        expect_same_bits(ref[0], got[0], (size_t)m * Ns[0], "the product without ops", ci);
+        expect_same_bits(ref[1], got[1], n1, with_add ? "gelu + add" : "gelu", ci);
+        ck_assert(qk_matmul(blas, ws[1], dx, m, T, bias_dts[1], biases[1], T, ref[1], &err));
+        ck_assert(qk_add(ref[1], ref[1], dadd, n1, T, stream, &err));
+        const qk_mm_post add_only = {false, dadd};
+        ck_assert_msg(qk_matmul_multi(blas, &ws[1], 1, dx, m, T, &bias_dts[1], &biases[1], T,
+                                      &add_only, &one, &err),
+                      "qk_matmul_multi: %s", err.msg);
+        expect_same_bits(ref[1], one, n1, "one product + add", ci);
+        for (int j = 0; j < 2; j++) {
+            cudaFree(ref[j]);
+            cudaFree(got[j]);
+            tw_free(&t[j]);
+        }
+        cudaFree(db);
+        cudaFree(dadd);
+        cudaFree(one);
+        cudaFree(dx);
+        free(hadd);
         free(x);
     }
 }
@@ -868,6 +994,7 @@ int main(void)
     tcase_add_test(tc, large_shape_matches_cpu);
     tcase_add_test(tc, graph_replay_matches_cpu);
     tcase_add_test(tc, multi_equals_separate);
+    tcase_add_test(tc, post_ops_fold_bitwise);
     tcase_add_test(tc, tile_slots_interleave_safely);
     tcase_add_test(tc, bad_arguments_refused);
     suite_add_tcase(s, tc);

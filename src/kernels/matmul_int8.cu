@@ -362,6 +362,7 @@ template <int M, int THREADS> struct i8_fused_smem {
     /* ocb[r][j]: the weight byte of the block's row r at outlier column
      * olist[j], kept as the row's vectors stream past (j < I8_OCAP) */
     int8_t ocb[I8_MAX_BLOCK_ROWS][I8_OCAP];
+    float xo[M][I8_OCAP]; /* x[i, olist[j]] in the compute dtype */
     float wmax[THREADS / 32][M];
     unsigned wtot[THREADS / 32]; /* outlier count per warp's words */
     float sca[M], scale[M];
@@ -511,6 +512,19 @@ __device__ void i8_quantize_tile(const float *__restrict__ x, uint64_t K, float 
     }
 }
 
+/* f.xo from x and f.olist (all threads; a barrier before any reads it):
+ * the outputs' outlier loop then reads shared memory only. */
+template <int M, int THREADS>
+__device__ void i8_stage_outliers(const float *__restrict__ x, uint64_t K, int T,
+                                  i8_fused_smem<M, THREADS> &f)
+{
+    const int n = (int)min(f.nout, (unsigned)I8_OCAP);
+    for (int i = threadIdx.x; i < M * n; i += THREADS) {
+        const int mi = i / n, j = i - mi * n;
+        f.xo[mi][j] = qk_round(x[(uint64_t)mi * K + f.olist[j]], (qdtype)T);
+    }
+}
+
 /* i8_output with the block's own quantization (i8_quantize_tile). */
 template <int M, int THREADS>
 __device__ float i8_output_fused(const mm_weight &w, int32_t acc, int mi, uint64_t n, int rloc,
@@ -522,11 +536,15 @@ __device__ float i8_output_fused(const mm_weight &w, int32_t acc, int mi, uint64
     const unsigned nout = f.nout;
     float s = 0.0f; /* the outlier columns in ascending order, as i8_output */
     if (nout <= I8_OCAP) {
+        /* everything from shared memory, unrolled: only the adds are a
+         * chain (one dependent load pair per outlier took ~0.05 us each) */
         const float scb = w.scb[n];
+        const int8_t *ob = f.ocb[rloc];
+        const float *xo = f.xo[mi];
+#pragma unroll 8
         for (unsigned j = 0; j < nout; j++) { /* the weight bytes from ocb: i8_outlier_w */
-            const float cb = (float)f.ocb[rloc][j];
-            const float wv = qk_round(__fmul_rn(__fmul_rn(cb, scb), MM_INV127), (qdtype)T);
-            s = __fadd_rn(s, __fmul_rn(qk_round(xr[f.olist[j]], (qdtype)T), wv));
+            const float wv = qk_round(__fmul_rn(__fmul_rn((float)ob[j], scb), MM_INV127), (qdtype)T);
+            s = __fadd_rn(s, __fmul_rn(xo[j], wv));
         }
     } else {
         const int words = (int)((w.K + 31) / 32);
@@ -652,8 +670,11 @@ __global__ void __launch_bounds__(i8_geom<M, G, S>::THREADS,
          * the other slices' sums: one copy of the assembly code rather than one
          * per unrolled (r, m). */
         const int mine = mm_slices_sum<SLICES>(acc, lane, grp, slice, part);
-        if constexpr (FUSED)
-            __syncthreads(); /* every slice's outlier bytes are in fq.ocb */
+        if constexpr (FUSED) {
+            if (first) /* here, not before the loop: no registers held across it */
+                i8_stage_outliers<M, GEO::THREADS>(x, K, T, fq);
+            __syncthreads(); /* every slice's outlier bytes are in fq.ocb, and fq.xo */
+        }
         const int r = lane / M, m = lane % M;
         if (slice == 0 && active && r < I8_ROWS && row0 + r < N) {
             const uint64_t at = (uint64_t)m * N + row0 + r;

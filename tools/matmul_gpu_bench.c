@@ -8,6 +8,9 @@
  *
  *   matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16]
  *                    [-m 1|4|8|16|512]   (one m only)
+ *                    [-s NxK]...         (these shapes instead of the 7B ones)
+ *                    [-o columns]        (int8: x has this many outlier columns,
+ *                                         |x| >= 6, spread over K; default none)
  */
 #include <cuda_runtime_api.h>
 #include <stdio.h>
@@ -185,6 +188,7 @@ int main(int argc, char **argv)
     } shapes[16] = {{4096, 4096},  {11008, 4096}, {4096, 11008},
                     {4672, 4544}, {4544, 4544},  {18176, 4544}, {4544, 18176}};
     size_t nshapes = 7, given = 0;
+    int outliers = 0;
     qdtype T = QDT_F16;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-i") && i + 1 < argc) {
@@ -209,6 +213,12 @@ int main(int argc, char **argv)
                 return 2;
             }
             T = (qdtype)t;
+        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+            outliers = atoi(argv[++i]);
+            if (outliers < 0 || outliers > 4096) {
+                fprintf(stderr, "-o: 0 to 4096 outlier columns\n");
+                return 2;
+            }
         } else if (!strcmp(argv[i], "-s") && i + 1 < argc) {
             unsigned long long n = 0, k = 0;
             char tail = 0;
@@ -220,7 +230,7 @@ int main(int argc, char **argv)
             shapes[given].N = n, shapes[given].K = k;
             nshapes = ++given;
         } else {
-            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16] [-m 1|4|8|16|512] [-s NxK]...\n");
+            fprintf(stderr, "usage: matmul_gpu_bench [-i iterations] [-c f16|bf16|f32] [-k nf4|nf4+dq|int8|f16] [-m 1|4|8|16|512] [-s NxK]... [-o columns]\n");
             return 2;
         }
     }
@@ -265,6 +275,14 @@ int main(int argc, char **argv)
                 continue;
             bweight b;
             make(&b, kinds[ki], shapes[si].N, shapes[si].K);
+            /* x as m rows of K: column j * K / outliers of every row gets 8.0
+             * (an int8 outlier), for this shape only */
+            const uint64_t K = shapes[si].K;
+            const int cols = b.w.dtype == QDT_I8 && (uint64_t)outliers <= K ? outliers : 0;
+            for (int r = 0; r < (only_m ? only_m : max_m) && cols; r++)
+                for (int j = 0; j < cols; j++)
+                    CHECK(cudaMemcpy(x + (uint64_t)r * K + (uint64_t)j * K / (uint64_t)cols,
+                                     &(float){8.0f}, sizeof(float), cudaMemcpyHostToDevice));
             printf("%-7s %6llu %6llu |", b.name, (unsigned long long)shapes[si].N,
                    (unsigned long long)shapes[si].K);
             for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
@@ -280,9 +298,13 @@ int main(int argc, char **argv)
                     printf(" | %7.1f (%5.1f)", t * 1e6,
                            2.0 * m * (double)shapes[si].N * (double)shapes[si].K / t / 1e12);
             }
-            printf("\n");
+            printf(cols ? " (%d outlier columns)\n" : "\n", cols);
             fflush(stdout);
             release(&b);
+            if (cols) { /* back to values in (-1, 1) */
+                cudaFree(x);
+                x = dev_floats((size_t)max_m * 18176, -1.0f, 1.0f);
+            }
         }
     }
     qk_blas_free(bl);

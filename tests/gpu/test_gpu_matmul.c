@@ -513,6 +513,9 @@ START_TEST(int8_many_outliers_bitwise)
     } cases[] = {
         {33, 4160, 300, 1}, {33, 4160, 300, 4}, {70, 4160, 255, 1}, {70, 4160, 257, 3},
         {17, 8256, 40, 4},  {17, 8256, 40, 1},  {29, 4160, 700, 9},
+        /* the GEMV after the separate quantizer (K past the tile, m > 4),
+         * with its staged list and past it */
+        {33, 8256, 300, 4}, {40, 4160, 200, 6}, {40, 4160, 300, 7},
         /* more block-rows than one wave of blocks (an H100 holds 528 of
          * the m = 1 kernel's, 16 rows each): blocks take several */
         {12000, 4096, 40, 1}, {9000, 4160, 300, 3},

@@ -587,6 +587,19 @@ bool qk_matmul_multi(qk_blas *b, const qweight *const *ws, int count, const floa
         mw[j] = make_weight(ws[j]);
         e[j] = epi_of(bias_dts[j], biases[j], round_to, posts ? &posts[j] : NULL);
     }
+    /* prefill writes y before its epilogue reads add, and the products of
+     * one launch write their ys while others read: an add overlapping any
+     * output would read written values */
+    for (int j = 0; j < count; j++)
+        for (int k = 0; e[j].add && k < count; k++) {
+            const uintptr_t a0 = (uintptr_t)e[j].add, y0 = (uintptr_t)ys[k];
+            const uint64_t na = (uint64_t)m * mw[j].N * 4, ny = (uint64_t)m * mw[k].N * 4;
+            if (a0 < y0 + ny && y0 < a0 + na) {
+                qerr_set(err, QRUN_ERR_INVALID_ARGUMENT,
+                         "matmul: product %d's add operand overlaps output %d", j, k);
+                return false;
+            }
+        }
     if (gemv)
         return mm_gemv_multi(mw, e, ys, count, x, m, compute, b->stream, err);
     /* LLM.int8 decode of one x: its quantization (scales, outlier columns)

@@ -66,7 +66,8 @@ bool qk_matmul(qk_blas *b, const qweight *w, const float *x, int m, qdtype compu
  * passes over y in decode. */
 typedef struct qk_mm_post {
     bool gelu;        /* y = gelu(y) */
-    const float *add; /* NULL, or y = y + add: device f32 [m, rows], not overlapping x or y */
+    const float *add; /* NULL, or y = y + add: device f32 [m, rows], overlapping no output of the
+                         call (refused: QRUN_ERR_INVALID_ARGUMENT) */
 } qk_mm_post;
 
 /* ys[i] = qk_matmul(ws[i], x), then posts[i] (posts NULL: none), for

@@ -972,6 +972,20 @@ START_TEST(bad_arguments_refused)
     ck_assert(!qk_matmul(small, &bad, dx, 1, QDT_F16, QDT_F32, NULL, QDT_F32, dy, &err));
     bad.dtype = QDT_I8; /* no scb */
     ck_assert(!qk_matmul(small, &bad, dx, 1, QDT_F16, QDT_F32, NULL, QDT_F32, dy, &err));
+    /* a folded add may not read an output of the same call */
+    const qweight *one = &t.d;
+    const qdtype f32 = QDT_F32;
+    const void *no_bias = NULL;
+    qk_mm_post post = {false, dy + 64};
+    err.code = QRUN_OK;
+    ck_assert(!qk_matmul_multi(small, &one, 1, dx, 2, QDT_F16, &f32, &no_bias, QDT_F32, &post,
+                               &dy, &err));
+    ck_assert_int_eq(err.code, QRUN_ERR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(err.msg, "overlaps output") != NULL, "%s", err.msg);
+    post.add = dy + 128; /* just past m = 2 rows of 64 */
+    ck_assert_msg(qk_matmul_multi(small, &one, 1, dx, 2, QDT_F16, &f32, &no_bias, QDT_F32, &post,
+                                  &dy, &err),
+                  "%s", err.msg);
     CUDA_OK(cudaStreamSynchronize(stream));
     cudaFree(dx);
     cudaFree(dy);
